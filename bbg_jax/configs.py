@@ -1,0 +1,68 @@
+"""Config building blocks shared by the experiment files in experiments/.
+
+Every experiment file defines ``get_config(arg=None)`` and starts from these defaults, so one
+field means the same thing everywhere. Values marked [open] are not known from the paper
+(see ../shared/SPEC.md) and are knobs with a stated default.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120) -> ml_collections.ConfigDict:
+    """The BigBiGAN model section at a given G/D resolution (ResNet-50 E at the same resolution)."""
+    m = ml_collections.ConfigDict()
+    m.dtype = "float32"
+    m.z_dim = z_dim
+    m.image_channels = 3
+    m.bn_eps = 1e-4  # BigGAN / released BigBiGAN
+    m.sn_eps = 1e-4
+
+    m.generator = ml_collections.ConfigDict()
+    g = m.generator
+    g.resolution = resolution
+    g.ch = ch
+    g.conditioning = "single"  # BigBiGAN: one learned label embedding
+    g.num_classes = 1000  # only read when conditioning == "class"
+    g.embed_dim = 128
+    g.hierarchical_z = True
+    g.attention_resolutions = ml_collections.FieldReference(None, field_type=tuple)
+    g.deep = False
+    g.bn_momentum = 0.99  # [open]; G is evaluated with standing statistics anyway
+
+    m.discriminator = ml_collections.ConfigDict()
+    d = m.discriminator
+    d.kind = "bigbigan"
+    d.resolution = resolution
+    d.ch = ch
+    d.deep = False
+    d.attention_resolutions = ml_collections.FieldReference(None, field_type=tuple)
+    d.mlp_depth = 8  # H and J: [likely, open] 8 layers x 2048 with skip connections
+    d.mlp_width = 2048
+    d.num_classes = 0  # projection discriminator when kind == "gan" and > 0
+
+    m.encoder = ml_collections.ConfigDict()
+    e = m.encoder
+    e.enabled = True
+    e.trunk = "resnet50"
+    e.width = 1
+    e.resolution = resolution  # 2 x resolution for the "high resolution E" runs
+    e.mlp_depth = 4  # head: [likely, open] 4 layers x 4096 with skip connections
+    e.mlp_width = 4096
+    e.stochastic = True
+    e.bn_momentum = 0.9
+    e.bn_eps = 1e-5
+    return m
+
+
+def biggan_model(resolution: int = 128, ch: int = 96, z_dim: int = 120,
+                 num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """Class-conditional BigGAN: class embedding in G, projection D, no encoder."""
+    m = model_config(resolution, ch, z_dim)
+    m.generator.conditioning = "class"
+    m.generator.num_classes = num_classes
+    m.discriminator.kind = "gan"
+    m.discriminator.num_classes = num_classes
+    m.encoder.enabled = False
+    return m
