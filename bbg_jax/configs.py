@@ -10,7 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 
-def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120) -> ml_collections.ConfigDict:
+def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
+                 ) -> ml_collections.ConfigDict:
     """The BigBiGAN model section at a given G/D resolution (ResNet-50 E at the same resolution)."""
     m = ml_collections.ConfigDict()
     m.dtype = "float32"

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 
 from bbg_jax.models.discriminator import BigBiGANDiscriminator, GANDiscriminator

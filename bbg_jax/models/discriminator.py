@@ -4,9 +4,9 @@
   self-attention, ReLU and a global *sum* pool (BigGAN-deep: mean pool, as compare_gan).
 * ``BigBiGANDiscriminator`` -- F on x, the residual MLP H on z, the residual MLP J on
   concat[F(x), H(z)], and three linear heads: ``{"score_x", "score_z", "score_xz"}``, each (N,).
-* ``GANDiscriminator`` -- F and one linear head on x; with ``num_classes > 0`` it adds the projection
-  term ⟨embed(y), F(x)⟩ of Miyato & Koyama (class-conditional BigGAN). At 128 px, ch=96, 1000
-  classes it has exactly compare_gan's 87,982,370 parameters.
+* ``GANDiscriminator`` -- F and one linear head on x; with ``num_classes > 0`` it adds the
+  projection term ⟨embed(y), F(x)⟩ of Miyato & Koyama (class-conditional BigGAN). At 128 px,
+  ch=96, 1000 classes it has exactly compare_gan's 87,982,370 parameters.
 
 Every weight is spectrally normalised. Deviations from compare_gan, with reasons:
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bbg_jax.models import layers
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from bbg_jax.models import layers
 
@@ -208,7 +208,7 @@ class Generator(nn.Module):
                            name="linear")(z0, train)
         h = h.reshape(n, 4, 4, ins[0])
         size = 4
-        for i, (c_out, cond) in enumerate(zip(outs, conds)):
+        for i, (c_out, cond) in enumerate(zip(outs, conds, strict=True)):
             if self.deep:
                 up = i % 2 == 1
                 block = GDeepBlock(c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps,
@@ -219,7 +219,7 @@ class Generator(nn.Module):
                                name=f"block_{i}")
             h = block(h, cond, train)
             size *= 2 if up else 1
-            # BigGAN-deep attends after the up-block reaching the resolution; BigGAN after its block.
+            # Attention follows the (up-)block that reaches an attention resolution.
             if size in attention and up:
                 h = layers.SelfAttention(sn_eps=self.sn_eps, dtype=self.dtype,
                                          name=f"attention_{size}")(h, train)

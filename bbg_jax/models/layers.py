@@ -10,11 +10,11 @@ Every stateful layer takes ``train``: with ``train=True`` batch norm normalises 
 statistics and spectral norm runs one power iteration; with ``train=False`` batch norm uses its
 running averages and spectral norm runs none. Whether the new state is *stored* is decided by the
 caller alone, through ``mutable=``: a layer writes ``batch_stats``/``spectral`` only when that
-collection is mutable, so a pass that must not touch the statistics (say, a second discriminator pass
-in the same step) is simply applied with ``mutable=False`` for it.
+collection is mutable, so a pass that must not touch the statistics (say, a second discriminator
+pass in the same step) is simply applied with ``mutable=False`` for it.
 
-Compute dtype: layers take ``dtype`` (float32 or bfloat16) for their matmuls/convolutions; parameters,
-statistics and the spectral-norm arithmetic stay float32.
+Compute dtype: layers take ``dtype`` (float32 or bfloat16) for their matmuls/convolutions;
+parameters, statistics and the spectral-norm arithmetic stay float32.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 Array = jax.Array
 Dtype = Any
