@@ -7,6 +7,9 @@ field means the same thing everywhere. Values marked [open] are not known from t
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
 
@@ -67,3 +70,14 @@ def biggan_model(resolution: int = 128, ch: int = 96, z_dim: int = 120,
     m.discriminator.num_classes = num_classes
     m.encoder.enabled = False
     return m
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """Loads ``path/to/experiment.py[:arg]`` as ``--config=`` does (for tests and notebooks)."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No experiment config at {path!r} (expected a .py file).")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

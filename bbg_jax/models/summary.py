@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from bbg_jax.models.build import abstract_variables, count_params
@@ -30,5 +30,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_flags.mark_flags_as_required(["config"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)
