@@ -55,6 +55,7 @@ def test_bigbigan_base_counts():
     assert counts["D"] == f + h + j + heads
 
 
+@pytest.mark.slow  # ~30 s: initialises and runs a full ResNet-50 trunk eagerly
 def test_smoke_config_runs_all_networks():
     config = load("smoke")
     models = build_models(config)
@@ -96,3 +97,30 @@ def test_bfloat16_config_keeps_float32_variables():
     variables = jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0)))
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
     assert count_params(variables["G"]) > 0
+
+
+@pytest.mark.slow  # full-size BigBiGAN-128: ~300M parameters, minutes of CPU compile time
+def test_full_size_bigbigan_forward_backward_is_finite():
+    config = load("bigbigan_imagenet128")
+    models = build_models(config)
+    variables = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.PRNGKey(0))
+    z = jax.random.normal(jax.random.PRNGKey(1), (2, config.model.z_dim))
+    x_real = jax.random.uniform(jax.random.PRNGKey(2), (2, 128, 128, 3), minval=-1, maxval=1)
+
+    def total_score(params):
+        v = {k: {**variables[k], "params": params[k]} for k in variables}
+        x_fake, _ = models["G"].apply(v["G"], z, train=True, mutable=["batch_stats", "spectral"])
+        enc, _ = models["E"].apply(v["E"], x_real, train=True, mutable=["batch_stats"],
+                                   rngs={"noise": jax.random.PRNGKey(3)})
+        d = models["D"]
+        s_gen = d.apply(v["D"], x_fake, z, train=False)
+        s_enc = d.apply(v["D"], x_real, enc["z_sample"], train=False)
+        return sum(jnp.sum(s_enc[k] - s_gen[k]) for k in s_enc)
+
+    params = {k: v["params"] for k, v in variables.items()}
+    value, grads = jax.jit(jax.value_and_grad(total_score))(params)
+    assert np.isfinite(float(value))
+    for name in ("G", "E", "D"):
+        leaves = jax.tree_util.tree_leaves(grads[name])
+        assert all(np.isfinite(np.asarray(g)).all() for g in leaves), name
+        assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves), name

@@ -1,5 +1,7 @@
 """Layers checked against independent references: numpy SVD, hand-written batch norm."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,7 +75,8 @@ def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
     cond = jax.random.normal(jax.random.PRNGKey(1), (16, 20))
     cbn = layers.ConditionalBatchNorm(eps=1e-4)
     variables = cbn.init(jax.random.PRNGKey(2), x, cond, train=False)
-    y, state = cbn.apply(variables, x, cond, train=True, mutable=["batch_stats"])
+    y, state = jax.jit(functools.partial(cbn.apply, train=True, mutable=["batch_stats"]))(
+        variables, x, cond)
 
     xn = np.asarray(x, np.float64)
     mean, var = xn.mean((0, 1, 2)), xn.var((0, 1, 2))
@@ -81,7 +84,8 @@ def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
 
     bn = layers.BatchNorm(eps=1e-4)
     bn_vars = bn.init(jax.random.PRNGKey(2), x, train=False)
-    y_bn, _ = bn.apply(bn_vars, x, train=True, mutable=["batch_stats"])
+    y_bn, _ = jax.jit(functools.partial(bn.apply, train=True, mutable=["batch_stats"]))(
+        bn_vars, x)
     np.testing.assert_allclose(y, y_bn, atol=1e-6)
 
     # Running averages move towards the batch moments by (1 - momentum).
@@ -109,10 +113,11 @@ def test_conditional_bn_gain_and_bias_follow_condition():
 def test_self_attention_is_identity_at_init_and_not_after():
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
     attn = layers.SelfAttention()
-    variables = attn.init(jax.random.PRNGKey(1), x, train=False)
-    np.testing.assert_array_equal(attn.apply(variables, x, train=False), x)
+    variables = jax.jit(functools.partial(attn.init, train=False))(jax.random.PRNGKey(1), x)
+    apply = jax.jit(functools.partial(attn.apply, train=False))
+    np.testing.assert_array_equal(apply(variables, x), x)
     params = {**variables["params"], "gamma": jnp.asarray(0.5)}
-    y = attn.apply({**variables, "params": params}, x, train=False)
+    y = apply({**variables, "params": params}, x)
     assert float(jnp.max(jnp.abs(y - x))) > 1e-3
     shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
     assert shapes["theta"]["kernel"] == (1, 1, 16, 2)
@@ -132,7 +137,8 @@ def test_orthogonal_init_and_regularizer():
     m = np.asarray(w).reshape(-1, 5)
     gram = m.T @ m
     expected = np.sum((gram * (1 - np.eye(5))) ** 2)
-    np.testing.assert_allclose(layers.orthogonal_regularizer(params), expected, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(layers.orthogonal_regularizer)(params), expected,
+                               rtol=1e-5)
 
 
 def test_residual_mlp_shapes_and_skip():
