@@ -57,6 +57,7 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     e.stochastic = True
     e.bn_momentum = 0.9
     e.bn_eps = 1e-5
+    e.stage_depths = ml_collections.FieldReference(None, field_type=tuple)
     return m
 
 
@@ -70,6 +71,34 @@ def biggan_model(resolution: int = 128, ch: int = 96, z_dim: int = 120,
     m.discriminator.num_classes = num_classes
     m.encoder.enabled = False
     return m
+
+
+def train_config() -> ml_collections.ConfigDict:
+    """The optimisation section (SPEC §6). Durations are in G/E steps."""
+    t = ml_collections.ConfigDict()
+    t.seed = 0
+    t.batch_size = 2048  # global, for x and for z [sure]
+    t.num_steps = 500_000  # ablations; 1M for the final models [likely]
+    t.n_d_steps = 2  # D updates per G/E update: BigGAN's; [open] for BigBiGAN
+    t.lr_g = 5e-5  # BigGAN's G rate [sure for BigGAN, open for BigBiGAN]
+    t.lr_d = 2e-4
+    t.e_lr_multiplier = 1.0  # E at G's rate; 10 in the "up E LR" runs [likely]
+    t.warmup_steps = 0
+    t.adam_b1 = 0.0  # BigGAN [likely]
+    t.adam_b2 = 0.999
+    t.adam_eps = 1e-6  # [open]: BigGAN-PyTorch's value
+    t.ortho_reg_weight = 0.0  # BigGAN uses 1e-4; [open] for BigBiGAN, so off
+    t.ema_decay = 0.9999
+    t.ema_start_step = 20_000  # BigGAN-PyTorch's start
+    t.ema_encoder = False
+    t.loss_terms = "all"  # see bbg_jax.losses.TERMS for the ablations
+    t.prior = "gaussian"  # or "uniform"
+    t.log_every = 100
+    t.checkpoint_every = 1000
+    t.keep_last = 3  # checkpoints: the last N ...
+    t.keep_every = 50_000  # ... plus every K-th step
+    t.init_from = ""  # a checkpoint directory whose parameters start a fresh run
+    return t
 
 
 def load_experiment(spec: str) -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ The model section of every experiment config (``config.model``) has this shape::
     model.generator        resolution, ch, conditioning, num_classes, embed_dim, hierarchical_z,
                            attention_resolutions, deep, bn_momentum
     model.encoder          enabled, trunk, width, resolution, mlp_depth, mlp_width, stochastic,
-                           bn_momentum, bn_eps
+                           bn_momentum, bn_eps, stage_depths (None = the published depths)
     model.discriminator    kind ("bigbigan" | "gan"), resolution, ch, deep, attention_resolutions,
                            mlp_depth, mlp_width, num_classes (projection D when kind == "gan")
 """
@@ -80,6 +80,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             trunk=e.trunk, width=e.width, z_dim=m.z_dim, mlp_depth=e.mlp_depth,
             mlp_width=e.mlp_width, stochastic=e.stochastic, bn_momentum=e.bn_momentum,
             bn_eps=e.bn_eps, dtype=dtype,
+            stage_depths=None if e.stage_depths is None else tuple(e.stage_depths),
         )
     return models
 

@@ -247,6 +247,9 @@ class Encoder(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    # Units per stage, overriding the trunk's standard depths: for small CPU experiments and
+    # tests (e.g. (1, 1, 1, 1)); None keeps ResNet/RevNet-50/101/152 as published.
+    stage_depths: tuple[int, ...] | None = None
 
     def _check_config(self) -> None:
         if self.trunk not in TRUNK_DEPTHS:
@@ -279,8 +282,11 @@ class Encoder(nn.Module):
         self._check_config()
         self._check_input(x)
         trunk_cls = RevNet if self.trunk.startswith("revnet") else ResNetV2
+        depths = TRUNK_DEPTHS[self.trunk] if self.stage_depths is None else self.stage_depths
+        if len(depths) != 4 or min(depths) < 1:
+            raise ValueError(f"Encoder stage_depths needs 4 positive counts, got {depths}.")
         h = trunk_cls(
-            TRUNK_DEPTHS[self.trunk],
+            tuple(depths),
             width=self.width,
             bn_momentum=self.bn_momentum,
             bn_eps=self.bn_eps,
