@@ -77,7 +77,6 @@ def train_config() -> ml_collections.ConfigDict:
     """The optimisation section (SPEC §6). Durations are in G/E steps."""
     t = ml_collections.ConfigDict()
     t.seed = 0
-    t.batch_size = 2048  # global, for x and for z [sure]
     t.num_steps = 500_000  # ablations; 1M for the final models [likely]
     t.n_d_steps = 2  # D updates per G/E update: BigGAN's; [open] for BigBiGAN
     t.lr_g = 5e-5  # BigGAN's G rate [sure for BigGAN, open for BigBiGAN]

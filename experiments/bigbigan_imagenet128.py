@@ -13,13 +13,14 @@ Departs:   H/J depth and width (8 x 2048) and the E head (4 x 4096) are [open] i
 
 import ml_collections
 
-from bbg_jax.configs import model_config
+from bbg_jax.configs import model_config, train_config
+from bbg_jax.data.config import data_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()
     config.model = model_config(resolution=128, ch=96, z_dim=120)
-    config.dataset = "imagenet2012"
-    config.batch_size = 2048
+    config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
+    config.train = train_config()
     return config

@@ -10,13 +10,15 @@ Departs:   G's output is tanh in [-1, 1] (compare_gan: [0, 1]); conditional BN s
 
 import ml_collections
 
-from bbg_jax.configs import biggan_model
+from bbg_jax.configs import biggan_model, train_config
+from bbg_jax.data.config import data_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()
     config.model = biggan_model(resolution=128, ch=96, z_dim=120, num_classes=1000)
-    config.dataset = "imagenet2012"
-    config.batch_size = 2048
+    config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
+    config.train = train_config()
+    config.train.loss_terms = "x_only"  # the plain hinge loss: BigGAN is BigBiGAN without E
     return config

@@ -1,13 +1,14 @@
 """A tiny BigBiGAN (32 px, narrow G/D, one-unit-per-stage ResNet E, 2-layer MLPs) for tests.
 
-Command:   python -m bbg_jax.models.summary --config experiments/smoke.py
-Hardware:  any CPU; a forward pass of all three networks takes well under a second.
+Command:   python -m bbg_jax.main --config=experiments/smoke.py --workdir=/tmp/smoke
+Hardware:  any CPU; synthetic data (no TensorFlow); 6 steps, a checkpoint every 3.
 Expected:  not a research configuration: it exists so tests exercise the full-size code paths.
 """
 
 import ml_collections
 
 from bbg_jax.configs import model_config, train_config
+from bbg_jax.data.config import data_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -19,12 +20,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.model.encoder.mlp_width = 32
     config.model.discriminator.mlp_depth = 2
     config.model.discriminator.mlp_width = 32
+    config.data = data_config("synthetic", resolution=32, batch_size=8)
     config.train = train_config()
-    config.train.batch_size = 8
     config.train.num_steps = 6
     config.train.n_d_steps = 2
     config.train.ema_start_step = 2
     config.train.log_every = 1
     config.train.checkpoint_every = 3
-    config.dataset = "fashion_mnist"
     return config

@@ -1,0 +1,125 @@
+"""Checkpoints: the whole train state, the config (JSON) and the data position, via orbax.
+
+Resume precedence (as maxtext documents it):
+  1. the latest complete checkpoint in ``<workdir>/checkpoints`` (a preempted or killed run
+     continues bit-exactly from it);
+  2. otherwise ``config.train.init_from``: the parameters (and EMA, model state) of another run's
+     latest checkpoint start a fresh run at step 0 with fresh optimizer state;
+  3. otherwise a fresh initialisation.
+A workdir checkpoint written with a different model config is refused, naming the differing keys.
+Orbax writes each step to a temporary directory and renames it when complete, so a process killed
+mid-save leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from bbg_jax.train_state import TrainState
+
+_STATE, _CONFIG, _DATA = "state", "config", "data"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit the current configuration."""
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    return Path(workdir).absolute() / "checkpoints"
+
+
+def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+    """Keeps the last ``train.keep_last`` checkpoints plus every ``train.keep_every``-th step."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.train.keep_last,
+        keep_period=config.train.keep_every or None,
+        create=True,
+        # Synchronous saves: a step's checkpoint is complete when save() returns, so SIGTERM and
+        # NaN handling can rely on it. Saving is rare relative to steps.
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                 item_names=(_STATE, _CONFIG, _DATA))
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, config: ml_collections.ConfigDict,
+         data_position: dict[str, int]) -> None:
+    step = int(jax.device_get(state.step))
+    manager.save(step, args=ocp.args.Composite(**{
+        _STATE: ocp.args.StandardSave(state),
+        _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
+        _DATA: ocp.args.JsonSave(data_position),
+    }), force=True)
+    manager.wait_until_finished()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(saved: dict, current: ml_collections.ConfigDict, section: str
+                       ) -> list[str]:
+    """Keys of ``section`` whose values differ between a saved config and the current one."""
+    a = _flatten(saved.get(section, {}), f"{section}.")
+    b = _flatten(json.loads(current.to_json()).get(section, {}), f"{section}.")
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                   config: ml_collections.ConfigDict
+                   ) -> tuple[TrainState, dict[str, int]] | None:
+    """The latest checkpoint's state and data position, or None when there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    saved_config = manager.restore(step, args=ocp.args.Composite(
+        **{_CONFIG: ocp.args.JsonRestore()}))[_CONFIG]
+    diff = config_differences(saved_config, config, "model")
+    if diff:
+        raise CheckpointMismatchError(
+            f"The checkpoint at step {step} in {manager.directory} was written with a different "
+            f"model config; differing keys: {', '.join(diff)}. Use the original config, or "
+            "start a new workdir (config.train.init_from can load parameters into a fresh run)."
+        )
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _DATA: ocp.args.JsonRestore(),
+        }))
+    except Exception as e:  # orbax raises several types for unreadable or mismatched data
+        raise CheckpointMismatchError(
+            f"Could not restore the checkpoint at step {step} in {manager.directory}: {e}. If "
+            "it is corrupt, delete that step's directory to fall back to the previous one."
+        ) from e
+    return restored[_STATE], dict(restored[_DATA])
+
+
+def load_parameters(init_from: str, abstract_state: TrainState) -> TrainState:
+    """The latest checkpoint of another run (``train.init_from``), for its parameters."""
+    manager = ocp.CheckpointManager(checkpoint_dir(init_from) if not str(init_from).rstrip(
+        "/").endswith("checkpoints") else Path(init_from), item_names=(_STATE, _CONFIG, _DATA))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(
+            f"config.train.init_from={init_from!r} holds no checkpoint: point it at a workdir "
+            "(or its checkpoints/ directory) of a finished or running training job."
+        )
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state)}))
+    except Exception as e:
+        raise CheckpointMismatchError(
+            f"config.train.init_from={init_from!r} (step {step}) does not match this model: {e}"
+        ) from e
+    return restored[_STATE]

@@ -1,0 +1,232 @@
+"""The training loop: restore or initialise, step, log, checkpoint, handle preemption and NaNs.
+
+Sections, in the order they run: (1) set-up and config checks, (2) state: resume precedence
+(``bbg_jax.checkpoint``), (3) data positioned at the restored step, (4) the loop.
+
+Host synchronisation: each step's metrics are fetched one step late (after the next step is
+dispatched), so the device never waits for the host; the fetched metrics feed the non-finite
+check and the logs. A checkpoint is written only after its step's metrics were checked finite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, periodic_actions
+
+from bbg_jax import checkpoint, sharding
+from bbg_jax.data.global_batch import per_process_batch_size
+from bbg_jax.train import jit_train_step
+from bbg_jax.train_state import TrainState, check_networks, create_train_state, make_optimizers
+
+log = logging.getLogger(__name__)
+
+# Test hooks (environment variables, read only by tests): stall after finishing the given step
+# until a signal arrives, or poison the given step's batch with NaN.
+_HANG_AT_STEP = "BBG_DEBUG_HANG_AT_STEP"
+_NAN_AT_STEP = "BBG_DEBUG_NAN_AT_STEP"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training metric became NaN or infinite."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Model, data and training sections must agree; each error names the fields to change."""
+    m, d = config.model, config.data
+    check_networks(config)
+    if d.resolution_d != m.discriminator.resolution:
+        raise ValueError(f"data.resolution_d={d.resolution_d} differs from "
+                         f"model.discriminator.resolution={m.discriminator.resolution}.")
+    if m.encoder.enabled and d.resolution_e != m.encoder.resolution:
+        raise ValueError(f"data.resolution_e={d.resolution_e} differs from "
+                         f"model.encoder.resolution={m.encoder.resolution}.")
+    if d.channels != m.image_channels:
+        raise ValueError(f"data.channels={d.channels} differs from "
+                         f"model.image_channels={m.image_channels}.")
+    if config.train.n_d_steps < 1:
+        raise ValueError(f"train.n_d_steps={config.train.n_d_steps} must be >= 1.")
+
+
+def local_batches(config: ml_collections.ConfigDict, start_batch: int
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches from data batch ``start_batch`` on (synthetic or TFDS)."""
+    d = config.data
+    if d.dataset == "synthetic":
+        from bbg_jax.data.synthetic import synthetic_batches
+
+        yield from synthetic_batches(d, start_step=start_batch,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+        return
+    # TensorFlow is imported here only, for a real dataset.
+    import tensorflow_datasets as tfds
+
+    from bbg_jax.data.pipeline import train_dataset
+
+    yield from tfds.as_numpy(train_dataset(d, start_step=start_batch))
+
+
+def step_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int
+                 ) -> Iterator[dict[str, jax.Array]]:
+    """Global batches for train steps from ``start_step``: n_d_steps data batches stacked.
+
+    The data position is a pure function of the step (data batch = step x n_d_steps), so a
+    resumed run reads exactly what the uninterrupted run would have.
+    """
+    n_d = config.train.n_d_steps
+    source = local_batches(config, start_step * n_d)
+    keys = ("image_d", "image_e", "label")
+    while True:
+        parts = [next(source) for _ in range(n_d)]
+        stacked = {k: np.stack([p[k] for p in parts]) for k in keys if k in parts[0]}
+        yield sharding.global_batch_from_local(stacked, mesh, batch_axis=1)
+
+
+def _replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    rep = sharding.replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+
+
+def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  manager) -> tuple[TrainState, str]:
+    """Resume precedence: workdir checkpoint, then ``train.init_from``, then fresh."""
+    rep = sharding.replicated(mesh)
+    rng = jax.random.PRNGKey(config.train.seed)
+    abstract = _replicated_abstract(
+        jax.eval_shape(lambda: create_train_state(config, rng)), mesh)
+    restored = checkpoint.restore_latest(manager, abstract, config)
+    if restored is not None:
+        state, position = restored
+        expected = int(state.step) * config.train.n_d_steps
+        if position.get("data_batch") != expected:
+            raise checkpoint.CheckpointMismatchError(
+                f"Checkpoint data position {position} does not match step {int(state.step)}.")
+        return state, f"resumed from step {int(state.step)}"
+    state = jax.jit(lambda k: create_train_state(config, k), out_shardings=rep)(rng)
+    if config.train.init_from:
+        loaded = checkpoint.load_parameters(config.train.init_from, abstract)
+        txs = make_optimizers(config, sorted(loaded.params))
+        opt_state = jax.jit(lambda p: {k: txs[k].init(p[k]) for k in p}, out_shardings=rep)(
+            loaded.params)
+        state = state.replace(params=loaded.params, model_state=loaded.model_state,
+                              ema_params=loaded.ema_params, opt_state=opt_state)
+        return state, f"initialised from {config.train.init_from}"
+    return state, "fresh initialisation"
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | None) -> None:
+    for name, value in sorted(metrics.items()):
+        if not np.all(np.isfinite(value)):
+            raise NonFiniteLossError(
+                f"Non-finite {name} ({value}) at step {step}: training stopped. The last good "
+                f"checkpoint is step {last_checkpoint}; lower the learning rates or check the "
+                "data before resuming."
+            )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains ``config`` in ``workdir`` until ``train.num_steps``; returns the final state."""
+    # (1) Set-up.
+    check_config(config)
+    t = config.train
+    workdir_path = Path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divisible(config.data.batch_size, mesh)
+    per_process_batch_size(config.data.batch_size)
+    writer = metric_writers.create_default_writer(
+        str(workdir_path), just_logging=jax.process_index() > 0)
+    if jax.process_index() == 0:
+        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    # (2) State.
+    manager = checkpoint.make_manager(workdir_path, config)
+    state, how = initial_state(config, mesh, manager)
+    start = int(jax.device_get(state.step))
+    log.info("Train state: %s; %d devices, global batch %d.", how, mesh.devices.size,
+             config.data.batch_size)
+    last_checkpoint = manager.latest_step()
+
+    # (3) Data.
+    batches = step_batches(config, mesh, start)
+
+    # (4) Loop.
+    train_step = jit_train_step(config, mesh)
+    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
+                                             every_secs=30.0)
+    preemption = _Preemption()
+    hang_at = int(os.environ.get(_HANG_AT_STEP, "-1"))
+    nan_at = int(os.environ.get(_NAN_AT_STEP, "-1"))
+    pending: tuple[int, dict] | None = None
+
+    def settle(pending):
+        """Fetches, checks and logs a finished step's metrics."""
+        step, metrics = pending
+        metrics = jax.device_get(metrics)
+        _check_finite(step, metrics, last_checkpoint)
+        if step % t.log_every == 0 or step == t.num_steps:
+            writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+
+    def save(state):
+        nonlocal last_checkpoint
+        step = int(jax.device_get(state.step))
+        checkpoint.save(manager, state, config, {"data_batch": step * t.n_d_steps})
+        last_checkpoint = step
+
+    try:
+        for step in range(start + 1, t.num_steps + 1):
+            batch = next(batches)
+            if step == nan_at:
+                batch = {**batch, "image_d": batch["image_d"] * np.nan}
+            state, metrics = train_step(state, batch)
+            if pending is not None:
+                settle(pending)
+            pending = (step, metrics)
+            report(step)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
+                settle(pending)
+                pending = None
+                save(state)
+            if step == hang_at:
+                while not preemption.requested:
+                    time.sleep(0.05)
+            if preemption.requested:
+                if last_checkpoint != step:
+                    settle(pending)
+                    pending = None
+                    save(state)
+                log.warning("SIGTERM: checkpointed step %d and stopped.", step)
+                break
+        if pending is not None:
+            settle(pending)
+    finally:
+        preemption.restore()
+        writer.flush()
+        manager.close()
+    return state

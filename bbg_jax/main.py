@@ -1,0 +1,38 @@
+"""Entry point: ``python -m bbg_jax.main --config=experiments/<name>.py --workdir=DIR``.
+
+Overrides: ``--config.train.num_steps=100`` and the like. Everything else lives in the library.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from bbg_jax import loop, sharding
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+
+
+class _QuietOrbax(logging.Filter):
+    """Orbax logs every file it writes at INFO; keep its warnings, drop the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    del argv
+    absl_logging.get_absl_handler().addFilter(_QuietOrbax())
+    sharding.maybe_initialize_distributed()
+    if _MODE.value == "train":
+        loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,110 @@
+"""The train state: one pytree holding everything a step reads or writes.
+
+``TrainState``
+  step         number of completed G/E updates (each preceded by ``n_d_steps`` D updates)
+  params       {"G", "D"} and "E" when the encoder is enabled; float32
+  model_state  per network, its non-parameter collections: G {batch_stats, spectral},
+               E {batch_stats}, D {spectral}
+  opt_state    per network, its optax state (Adam moments float32)
+  ema_params   exponential moving averages of G's (and optionally E's) parameters
+  rng          the base key; step s uses fold_in(rng, s), so nothing random depends on history
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from bbg_jax.losses import score_terms
+from bbg_jax.models import init_variables
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict[str, PyTree]
+    model_state: dict[str, PyTree]
+    opt_state: dict[str, PyTree]
+    ema_params: dict[str, PyTree]
+    rng: jax.Array
+
+
+def learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Peak learning rate per network; E's is a multiple of G's (the "↑ E LR" runs use 10)."""
+    t = config.train
+    return {"G": t.lr_g, "D": t.lr_d, "E": t.lr_g * t.e_lr_multiplier}
+
+
+def lr_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
+    """Linear warm-up over ``warmup_steps`` G/E steps, then constant (BigGAN uses none)."""
+    if warmup_steps <= 0:
+        return optax.constant_schedule(peak)
+    return optax.linear_schedule(0.0, peak, warmup_steps)
+
+
+def make_optimizers(config: ml_collections.ConfigDict, names: list[str]
+                    ) -> dict[str, optax.GradientTransformation]:
+    """Adam(β1 = 0, β2 = 0.999) per network with its own learning rate and a shared ε.
+
+    Optax counts D's own updates, ``n_d_steps`` per G/E step; D's schedule divides that count so
+    that every warm-up is measured in G/E steps.
+    """
+    t = config.train
+    peaks = learning_rates(config)
+    txs = {}
+    for name in names:
+        sched = lr_schedule(peaks[name], t.warmup_steps)
+        if name == "D":
+            per_g_step = t.n_d_steps
+            sched = (lambda s, f=sched, k=per_g_step: f(s // k))  # noqa: E731
+        txs[name] = optax.adam(sched, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
+    return txs
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+    """Initialises every network and optimizer. Works under ``jax.eval_shape`` too."""
+    init_rng, state_rng = jax.random.split(rng)
+    variables = init_variables(config, init_rng, batch=2)
+    params = {k: v["params"] for k, v in variables.items()}
+    model_state = {k: {c: s for c, s in v.items() if c != "params"} for k, v in variables.items()}
+    txs = make_optimizers(config, sorted(params))
+    opt_state = {k: txs[k].init(params[k]) for k in params}
+    ema_names = ema_networks(config, params)
+    # A copy, not an alias: the step donates the state, and one buffer cannot be donated twice.
+    ema_params = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in ema_names}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                      opt_state=opt_state, ema_params=ema_params, rng=state_rng)
+
+
+def ema_networks(config: ml_collections.ConfigDict, params: dict[str, PyTree]) -> list[str]:
+    names = ["G"]
+    if config.train.ema_encoder and "E" in params:
+        names.append("E")
+    return names
+
+
+def update_ema(ema: PyTree, params: PyTree, step: jax.Array, decay: float, start_step: int
+               ) -> PyTree:
+    """EMA with ``decay``, starting at ``start_step``; before it the average tracks the weights
+    (BigGAN-PyTorch starts at 20k steps, so early averages don't remember the initialisation)."""
+    d = jnp.where(step >= start_step, decay, 0.0)
+    return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+
+
+def check_networks(config: ml_collections.ConfigDict) -> None:
+    """Fails early, with the fix, on a model/loss combination the step cannot train."""
+    score_terms(config.train.loss_terms)
+    has_e = config.model.encoder.enabled
+    if has_e != (config.train.loss_terms != "x_only"):
+        raise ValueError(
+            f"train.loss_terms={config.train.loss_terms!r} with model.encoder.enabled={has_e}: "
+            "BigBiGAN terms need the encoder and a 'bigbigan' discriminator; a plain GAN (no "
+            "encoder, discriminator.kind='gan') uses loss_terms='x_only'."
+        )
