@@ -214,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 pending = None
                 save(state)
             if step == hang_at:
+                (workdir_path / f"hanging_at_{step}").touch()  # tells the test where we are
                 while not preemption.requested:
                     time.sleep(0.05)
             if preemption.requested:
