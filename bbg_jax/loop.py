@@ -141,13 +141,14 @@ class _Preemption:
 
 
 def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | None) -> None:
-    for name, value in sorted(metrics.items()):
-        if not np.all(np.isfinite(value)):
-            raise NonFiniteLossError(
-                f"Non-finite {name} ({value}) at step {step}: training stopped. The last good "
-                f"checkpoint is step {last_checkpoint}; lower the learning rates or check the "
-                "data before resuming."
-            )
+    bad = {name: value for name, value in sorted(metrics.items())
+           if not np.all(np.isfinite(value))}
+    if bad:
+        listed = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise NonFiniteLossError(
+            f"Non-finite {listed} at step {step}: training stopped. The last good checkpoint is "
+            f"step {last_checkpoint}; lower the learning rates or check the data before resuming."
+        )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
