@@ -66,7 +66,8 @@ def local_batches(config: ml_collections.ConfigDict, start_batch: int
 
         yield from synthetic_batches(d, start_step=start_batch,
                                      process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+                                     process_count=jax.process_count(),
+                                     num_classes=config.model.generator.num_classes)
         return
     # TensorFlow is imported here only, for a real dataset.
     import tensorflow_datasets as tfds

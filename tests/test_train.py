@@ -161,8 +161,12 @@ def test_one_device_matches_eight(tmp_path):
     # Reduction order differs (8 partial sums): losses agree to ~2e-4 relative after 3 steps.
     np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-3, atol=1e-4)
     n = len([k for k in one.files if k.startswith("p")])
-    for i in range(n):
-        np.testing.assert_allclose(one[f"p{i}"], eight[f"p{i}"], rtol=1e-3, atol=1e-5)
+    flat = [np.concatenate([f[f"p{i}"].ravel() for i in range(n)]) for f in (one, eight)]
+    # Measured: relative L2 difference 1.6e-5 over all parameters. Single entries can differ by
+    # up to ~2e-4: parameters whose true gradient is zero (conv biases before a batch norm) move
+    # by Adam(beta1=0) steps of size ~lr driven by rounding noise, whatever the device count.
+    assert np.linalg.norm(flat[0] - flat[1]) / np.linalg.norm(flat[0]) < 1e-4
+    np.testing.assert_allclose(flat[0], flat[1], rtol=0, atol=1e-3)
 
 
 # --- the loop as a process: resume, SIGKILL, SIGTERM, NaN -----------------------------------
@@ -280,3 +284,41 @@ def test_paper_base_train_step_compiles_on_eight_devices():
     # Analytic: ~572 GFLOP per image (2 D updates + 1 G/E update, ResNet-50 E at 128 px)
     # x 2048 images / 8 devices = 146 TFLOP per device; XLA counts 137.6.
     assert 0.8 * 146e12 < flops < 1.2 * 146e12
+
+
+def _ablation(name):
+    config = smoke()
+    m, t = config.model, config.train
+    if name == "deterministic_e":
+        m.encoder.stochastic = False
+    elif name == "uniform_prior":
+        t.prior = "uniform"
+    elif name == "bigan":
+        t.loss_terms = "joint_only"
+    elif name in ("biggan_conditional", "gan_unconditional"):
+        m.encoder.enabled = False
+        m.discriminator.kind = "gan"
+        t.loss_terms = "x_only"
+        if name == "biggan_conditional":
+            m.generator.conditioning = "class"
+            m.generator.num_classes = m.discriminator.num_classes = 10
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["deterministic_e", "uniform_prior", "bigan",
+                                  "biggan_conditional", "gan_unconditional"])
+def test_ablations_train_through_the_same_step(name):
+    config = _ablation(name)
+    mesh = sharding.make_mesh()
+    loop.check_config(config)
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    from bbg_jax.train import jit_train_step
+
+    batch = next(loop.step_batches(config, mesh, 0))
+    new, metrics = jit_train_step(config, mesh)(state, batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert ("e_loss" in metrics) == config.model.encoder.enabled
+    assert int(new.step) == 1
+    if name == "biggan_conditional":
+        assert int(batch["label"].max()) < 10

@@ -43,11 +43,12 @@ def synthetic_batch(batch_size: int, resolution_e: int, resolution_d: int, chann
 
 def synthetic_batches(c: ml_collections.ConfigDict, *, start_step: int = 0,
                       process_index: int = 0, process_count: int = 1,
-                      distinct_batches: int = 4) -> Iterator[dict[str, np.ndarray]]:
+                      distinct_batches: int = 4, num_classes: int = 1000
+                      ) -> Iterator[dict[str, np.ndarray]]:
     """Endless per-process batches in the format of ``pipeline.train_dataset``."""
     batch = per_process_batch_size(c.batch_size, process_count)
     pool = [synthetic_batch(batch, c.resolution_e, c.resolution_d, c.channels,
-                            seed=(c.seed, process_index, i))
+                            seed=(c.seed, process_index, i), num_classes=num_classes)
             for i in range(distinct_batches)]
     step = start_step
     while True:
