@@ -23,6 +23,11 @@ import tensorflow_datasets as tfds
 from bbg_jax.data import augment, config, tfds_source
 from bbg_jax.data.global_batch import per_process_batch_size
 
+# The input pipeline runs on the host CPU: keep TensorFlow off any accelerator, whose memory
+# belongs to JAX.
+tf.config.set_visible_devices([], "GPU")
+tf.config.set_visible_devices([], "TPU")
+
 _MAX_EPOCHS = 2**31  # "forever"; each epoch is built lazily
 
 
