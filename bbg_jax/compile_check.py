@@ -1,0 +1,322 @@
+"""Ahead-of-time compile check: does a config's train step fit a target topology, and how fast?
+
+Lowers and compiles the real train step (``bbg_jax.aot.compile_train_step``) for a mesh of
+compile-only devices, allocating nothing, and prints per-chip memory against the chip's HBM,
+XLA's FLOPs against the analytic count, and the predicted step time (the maxtext approach).
+
+    # A TPU topology (needs ``pip install libtpu``, no TPU): the chips of a v5p-128 slice.
+    python -m bbg_jax.compile_check --config experiments/bigbigan_imagenet128.py \
+        --topology v5p:4x4x4
+    # No topology description available (GPU clusters, CI): N simulated CPU devices, with the
+    # memory judged against a named chip's HBM and the time against its peak.
+    python -m bbg_jax.compile_check --config experiments/table1.py:revnet_x4 \
+        --devices 8 --chip h100
+
+Exit status 0 when the step fits, 2 when it does not (with the reason), 1 on other errors.
+CPU compiles are only a proxy for GPU memory: XLA:CPU schedules and fuses differently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+# Chip facts: (HBM bytes per chip, dense bf16 peak FLOP/s per chip). Public datasheet numbers;
+# SPEC §9 gives v4, v5p and H100. v5p/v4 topologies count chips (megacore: one device per chip).
+GIB = 1024**3
+CHIPS = {
+    "v3": (32 * GIB, 123e12),
+    "v4": (32 * GIB, 275e12),
+    "v5e": (16 * GIB, 197e12),
+    "v5p": (95 * GIB, 459e12),
+    "v6e": (32 * GIB, 918e12),
+    "h100": (80 * GIB, 989e12),
+    "h200": (141 * GIB, 989e12),
+    "a100": (80 * GIB, 312e12),
+}
+DEFAULT_UTILISATION = 0.4  # assumed model-FLOPs utilisation for the "expected" time
+
+
+@dataclasses.dataclass
+class Report:
+    config: str
+    target: str
+    chip: str
+    num_devices: int
+    per_device_batch: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    total_bytes: int
+    hbm_bytes: int
+    fits: bool
+    compiled_flops_step: float  # whole step, all devices
+    analytic_flops_step: float
+    step_s_at_peak: float
+    utilisation: float
+    step_s_at_utilisation: float
+    num_steps: int
+    hours_at_utilisation: float
+    compile_s: float
+
+    def table_row(self) -> str:
+        """One row of the README's configuration table (markdown)."""
+        return (f"| `{self.config}` | {self.target} ({self.num_devices} x {self.chip}) "
+                f"| {self.total_bytes / GIB:.1f} / {self.hbm_bytes / GIB:.0f} GiB "
+                f"| {self.compiled_flops_step / 1e15:.3f} / {self.analytic_flops_step / 1e15:.3f}"
+                f" | {self.step_s_at_peak:.3f} / {self.step_s_at_utilisation:.3f} "
+                f"| {self.hours_at_utilisation:.0f} |")
+
+
+TABLE_HEADER = (
+    "| config | target | memory per chip (used / HBM) | PFLOP per step (compiled / analytic) "
+    f"| step s (100% / {DEFAULT_UTILISATION:.0%}) | hours for num_steps |\n"
+    "|---|---|---|---|---|---|"
+)
+
+
+def _matmul_flops(jaxpr: Any) -> float:
+    """2 x multiply-adds of every convolution and dot in a jaxpr (sub-jaxprs included)."""
+    import numpy as np
+
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            out = eqn.outvars[0].aval.shape
+            rhs = eqn.invars[1].aval.shape
+            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += 2.0 * np.prod(out) * np.prod(rhs) / out_features
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            k = np.prod([lhs[i] for i in lhs_contract]) if lhs_contract else 1
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
+        for sub in _sub_jaxprs(eqn.params):
+            total += _matmul_flops(sub)
+    return float(total)
+
+
+def _sub_jaxprs(params: dict) -> list[Any]:
+    from jax.extend import core
+
+    subs = []
+    for v in params.values():
+        for item in v if isinstance(v, list | tuple) else [v]:
+            if isinstance(item, core.ClosedJaxpr):
+                subs.append(item.jaxpr)
+            elif isinstance(item, core.Jaxpr):
+                subs.append(item)
+    return subs
+
+
+def forward_flops(config: Any) -> dict[str, float]:
+    """Analytic forward FLOPs per image (per (x, z) pair for D) of each network.
+
+    Counted from the shapes of every convolution and matmul in the traced forward pass
+    (evaluation mode, batch 1): independent of XLA's cost model, which also counts elementwise
+    work and whatever the compiler rematerialises.
+    """
+    import jax
+
+    from bbg_jax.models import abstract_variables, build_models, example_inputs
+
+    models = build_models(config)
+    variables = abstract_variables(config)
+    inputs = example_inputs(config, batch=1)
+    out = {}
+    for name, module in models.items():
+        def fwd(v, *xs, module=module):
+            return module.apply(v, *xs, train=False, rngs={"noise": jax.random.PRNGKey(0)})
+        jaxpr = jax.make_jaxpr(fwd)(variables[name], *inputs[name])
+        out[name] = _matmul_flops(jaxpr.jaxpr)
+    return out
+
+
+def analytic_step_flops(config: Any) -> float:
+    """FLOPs of one train step (``n_d_steps`` D updates + one G/E update), whole batch.
+
+    Per image, backward = 2 x forward (input and weight gradients). Each D update: G and E
+    forward only, D forward + backward on encoder and generator pairs (2 per image). The G/E
+    update: G and E forward + backward, D forward + input gradients only (1 x forward) on both.
+    """
+    f = forward_flops(config)
+    g, e, d = f["G"], f.get("E", 0.0), f["D"]
+    per_image = (config.train.n_d_steps * (g + e + 3 * 2 * d)
+                 + 3 * g + 3 * e + 2 * 2 * d)
+    return per_image * config.data.batch_size
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bbg_jax.compile_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="experiments/<file>.py[:variant]")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--topology", help="TPU topology, e.g. v5p:4x4x4, v4:4x4x8, v5e:8x8")
+    target.add_argument("--devices", type=int, help="N simulated CPU devices (XLA_FLAGS)")
+    p.add_argument("--chip", help=f"chip for HBM and peak: {sorted(CHIPS)} (default: from "
+                                  "--topology; required with --devices)")
+    p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
+                   help="model-FLOPs utilisation for the expected step time")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set data.batch_size=1024 (repeatable)")
+    p.add_argument("--json", help="also write the report to this JSON file")
+    args = p.parse_args(argv)
+    if args.devices is not None and not args.chip:
+        p.error("--devices needs --chip (whose HBM and peak the CPU compile is judged against)")
+    if args.topology:
+        args.chip = args.chip or args.topology.split(":")[0]
+    if args.chip not in CHIPS:
+        p.error(f"unknown chip {args.chip!r}; known: {sorted(CHIPS)}")
+    return args
+
+
+def _set_platform(args: argparse.Namespace) -> None:
+    """Must run before jax is imported: the device count is fixed when the backend starts."""
+    if args.devices is not None:
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_force_host_platform_device_count={args.devices}").strip()
+    else:
+        # Compile-only TPU devices come from libtpu; no TPU backend needs to start.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def _apply_overrides(config: Any, overrides: list[str]) -> None:
+    import ast
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value  # a bare string such as bfloat16
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = parsed
+
+
+def target_devices(args: argparse.Namespace) -> list[Any]:
+    import jax
+
+    if args.devices is not None:
+        return jax.devices()[: args.devices]
+    from jax.experimental import topologies
+
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
+    except Exception as e:  # noqa: BLE001 -- the message is the useful part
+        raise SystemExit(
+            f"Could not describe TPU topology {args.topology!r}: {e}\n"
+            "Install the TPU compiler (pip install 'libtpu==<version jax pins>', see "
+            "pyproject's tpu extra) and check the name (e.g. v5p:4x4x4, v4:2x2x2).") from e
+    return list(topo.devices)
+
+
+def make_target_mesh(devices: list[Any]):
+    from jax.experimental import mesh_utils
+    from jax.sharding import Mesh
+
+    from bbg_jax.sharding import DATA_AXIS
+
+    try:  # physical order, so the data axis follows the torus
+        arr = mesh_utils.create_device_mesh((len(devices),), devices)
+    except Exception:  # noqa: BLE001 -- CPU devices have no coordinates
+        import numpy as np
+
+        arr = np.asarray(devices)
+    return Mesh(arr, (DATA_AXIS,))
+
+
+def check(config_spec: str, args: argparse.Namespace) -> Report:
+    from bbg_jax.aot import compile_train_step
+    from bbg_jax.configs import load_experiment
+
+    config = load_experiment(config_spec)
+    _apply_overrides(config, args.set)
+    devices = target_devices(args)
+    n = len(devices)
+    mesh = make_target_mesh(devices)
+    t0 = time.time()
+    compiled = compile_train_step(config, mesh)
+    compile_s = time.time() - t0
+
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    # The SPMD-partitioned module is one device's program: its FLOPs are per device.
+    flops_device = float(cost.get("flops", 0.0))
+    hbm, peak = CHIPS[args.chip]
+    # Donated arguments alias outputs, so only outputs beyond the aliases take new memory.
+    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+             + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    at_peak = flops_device / peak
+    at_util = at_peak / args.utilisation
+    steps = int(config.train.num_steps)
+    return Report(
+        config=config_spec, target=args.topology or f"cpu x{n}", chip=args.chip,
+        num_devices=n, per_device_batch=config.data.batch_size // n,
+        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+        alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+        code_bytes=mem.generated_code_size_in_bytes, total_bytes=total, hbm_bytes=hbm,
+        fits=total <= hbm, compiled_flops_step=flops_device * n,
+        analytic_flops_step=analytic_step_flops(config), step_s_at_peak=at_peak,
+        utilisation=args.utilisation, step_s_at_utilisation=at_util, num_steps=steps,
+        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s)
+
+
+def format_report(r: Report) -> str:
+    g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+    lines = [
+        f"config       {r.config}",
+        f"target       {r.target}: {r.num_devices} devices ({r.chip}), "
+        f"{r.per_device_batch} images per device, compiled in {r.compile_s:.0f} s",
+        "memory per chip:",
+        f"  arguments    {g(r.argument_bytes)}  (train state, replicated, + batch shard)",
+        f"  outputs      {g(r.output_bytes - r.alias_bytes)}  (beyond the donated arguments)",
+        f"  temporaries  {g(r.temp_bytes)}",
+        f"  code         {g(r.code_bytes)}",
+        f"  total        {g(r.total_bytes)}  of {g(r.hbm_bytes)} HBM "
+        f"({r.total_bytes / r.hbm_bytes:.0%})",
+        f"FLOPs per step: compiled {r.compiled_flops_step / 1e15:.3f} PFLOP "
+        f"(XLA cost analysis x {r.num_devices} devices), analytic "
+        f"{r.analytic_flops_step / 1e15:.3f} PFLOP (ratio "
+        f"{r.compiled_flops_step / max(r.analytic_flops_step, 1):.2f})",
+        f"step time:    {r.step_s_at_peak:.3f} s at 100% of {CHIPS[r.chip][1] / 1e12:.0f} "
+        f"TFLOP/s per chip, {r.step_s_at_utilisation:.3f} s at {r.utilisation:.0%}; "
+        f"{r.num_steps} steps = {r.hours_at_utilisation:.1f} h at {r.utilisation:.0%}",
+        "README row:",
+        r.table_row(),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    _set_platform(args)
+    report = check(args.config, args)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dataclasses.asdict(report), f, indent=1)
+    if not report.fits:
+        print(f"DOES NOT FIT: the step needs {report.total_bytes / GIB:.1f} GiB per chip but a "
+              f"{report.chip} has {report.hbm_bytes / GIB:.0f} GiB. Use more chips (smaller "
+              "per-device batch), model.dtype=bfloat16, or a smaller data.batch_size.",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""BigBiGAN Table 1: the base model and one variant per ablation row (`table1.py:<variant>`).
+
+Command:   python -m bbg_jax.main --config=experiments/table1.py:<variant> --workdir=DIR \
+               --config.data.data_dir=DIR_WITH_TFDS_IMAGENET
+           python -m bbg_jax.compile_check --config experiments/table1.py:<variant> \
+               --topology v5p:2x4x4
+           Variants (VARIANTS below): base, deterministic_e, uniform_prior, x_unary_only,
+           z_unary_only, no_unary, small_e, small_g, no_e, high_res_e, low_res_g, high_res_g,
+           resnet101, resnet_x2, revnet, revnet_x2, revnet_x4, resnet_e_lr, revnet_x4_e_lr.
+Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
+Time:      500k G/E steps each. Analytic FLOPs per image (convolutions and matmuls of the traced
+           forward passes, backward = 2 x forward; `bbg_jax.compile_check.analytic_step_flops`):
+           base 580 GFLOP -> 1.19 PFLOP per step -> 0.20 s on 32 v5p chips at 40% of 459
+           TFLOP/s -> 28 h. Per variant, the analytic step cost relative to base is in COST below
+           (e.g. revnet_x4 x1.6 -> 45 h, high_res_e x1.1, high_res_g x4 -> ~110 h); the README
+           table has the compiled numbers per row, from `bbg_jax.compile_check`.
+Expected:  each row's numbers of the paper's Table 1: linear-probe top-1 on train_val
+           (avepool and bn_crelu features), IS and FID of the EMA generator. The base model is
+           "ResNet-50 E at 128, BigGAN G/D at 128, ch 96, unary terms, stochastic E".
+Paper:     Donahue & Simonyan 2019, Table 1; each variant's docstring line names its row.
+[open]:    everything [open] in experiments/bigbigan_imagenet128.py, plus per variant:
+           small_e halves E's channel width (ResNet-50 at 32 base channels instead of 64; the row
+           is "Small E (32)"), and small_g sets only G's ch to 32 (D keeps 96) -- which widths
+           the paper shrank is not stated beyond the row names; high_res_g uses z_dim 140 (the
+           hierarchical z of BigGAN-256, 7 chunks of 20), and H and E's head follow that z;
+           no_e is the unconditional BigGAN (single learned label, hinge loss on x only).
+"""
+
+import ml_collections
+
+from bbg_jax.configs import model_config, train_config
+from bbg_jax.data.config import data_config
+
+
+def _base() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = model_config(resolution=128, ch=96, z_dim=120)
+    config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
+    config.train = train_config()
+    return config
+
+
+def _resolutions(config, g_res: int, e_res: int, z_dim: int = 120) -> None:
+    """G/D at ``g_res``, E at ``e_res``; the data pipeline pools 2x2 when e_res == 2 g_res."""
+    config.model.z_dim = z_dim
+    config.model.generator.resolution = config.model.discriminator.resolution = g_res
+    config.model.encoder.resolution = e_res
+    config.data.resolution_d, config.data.resolution_e = g_res, e_res
+
+
+def _encoder(config, trunk: str, width: int = 1) -> None:
+    config.model.encoder.trunk = trunk
+    config.model.encoder.width = width
+
+
+def _no_encoder(config) -> None:
+    """The "No E (GAN)" row: unconditional BigGAN, D on x alone, hinge loss on s_x."""
+    config.model.encoder.enabled = False
+    config.model.discriminator.kind = "gan"
+    config.model.discriminator.num_classes = 0
+    config.train.loss_terms = "x_only"
+
+
+# name -> (the paper's row, how it differs from base). Kept as data so tests and the README
+# table iterate over exactly the variants that exist.
+VARIANTS = {
+    "base": ("Base", lambda c: None),
+    "deterministic_e": ("Deterministic E", lambda c: setattr(c.model.encoder, "stochastic",
+                                                             False)),
+    "uniform_prior": ("Uniform P_z", lambda c: setattr(c.train, "prior", "uniform")),
+    "x_unary_only": ("x Unary Only", lambda c: setattr(c.train, "loss_terms", "no_z_unary")),
+    "z_unary_only": ("z Unary Only", lambda c: setattr(c.train, "loss_terms", "no_x_unary")),
+    "no_unary": ("No Unaries (BiGAN)", lambda c: setattr(c.train, "loss_terms", "joint_only")),
+    # [open] width 0.5 needs the encoder to accept fractional widths (see the README).
+    "small_e": ("Small E (32)", lambda c: setattr(c.model.encoder, "width", 0.5)),
+    "small_g": ("Small G (32)", lambda c: setattr(c.model.generator, "ch", 32)),
+    "no_e": ("No E (GAN)", _no_encoder),
+    "high_res_e": ("High Res E (256)", lambda c: _resolutions(c, 128, 256)),
+    "low_res_g": ("Low Res G (64)", lambda c: _resolutions(c, 64, 128)),
+    "high_res_g": ("High Res G (256)", lambda c: _resolutions(c, 256, 128, z_dim=140)),
+    "resnet101": ("ResNet-101", lambda c: _encoder(c, "resnet101")),
+    "resnet_x2": ("ResNet x2", lambda c: _encoder(c, "resnet50", 2)),
+    "revnet": ("RevNet", lambda c: _encoder(c, "revnet50")),
+    "revnet_x2": ("RevNet x2", lambda c: _encoder(c, "revnet50", 2)),
+    "revnet_x4": ("RevNet x4", lambda c: _encoder(c, "revnet50", 4)),
+    "resnet_e_lr": ("ResNet (up E LR)", lambda c: setattr(c.train, "e_lr_multiplier", 10.0)),
+    "revnet_x4_e_lr": ("RevNet x4 (up E LR)",
+                       lambda c: (_encoder(c, "revnet50", 4),
+                                  setattr(c.train, "e_lr_multiplier", 10.0))),
+}
+
+# Analytic step FLOPs relative to base (compile_check.analytic_step_flops / 1.187e15), rounded;
+# checked against the analytic count by tests/test_experiments.py.
+COST = {
+    "base": 1.0, "deterministic_e": 1.0, "uniform_prior": 1.0, "x_unary_only": 1.0,
+    "z_unary_only": 1.0, "no_unary": 1.0, "small_e": 1.0, "small_g": 0.5, "no_e": 1.0,
+    "high_res_e": 1.1, "low_res_g": 0.3, "high_res_g": 3.8, "resnet101": 1.0, "resnet_x2": 1.1,
+    "revnet": 1.0, "revnet_x2": 1.1, "revnet_x4": 1.3, "resnet_e_lr": 1.0,
+    "revnet_x4_e_lr": 1.3,
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "base"
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown Table 1 variant {variant!r}; choose one of "
+                         f"{', '.join(VARIANTS)}.")
+    config = _base()
+    VARIANTS[variant][1](config)
+    return config
