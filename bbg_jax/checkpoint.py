@@ -105,6 +105,22 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
     return restored[_STATE], dict(restored[_DATA])
 
 
+def restore_state(workdir: str | Path, abstract_state: TrainState, step: int | None = None
+                  ) -> TrainState:
+    """The train state of ``step`` (the latest when None) in ``<workdir>/checkpoints``."""
+    manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(_STATE, _CONFIG, _DATA))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(
+                f"No checkpoint {'' if step is None else f'for step {step} '}in "
+                f"{checkpoint_dir(workdir)}; available steps: {list(manager.all_steps())}.")
+        return manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state)}))[_STATE]
+    finally:
+        manager.close()
+
+
 def load_parameters(init_from: str, abstract_state: TrainState) -> TrainState:
     """The latest checkpoint of another run (``train.init_from``), for its parameters."""
     manager = ocp.CheckpointManager(checkpoint_dir(init_from) if not str(init_from).rstrip(

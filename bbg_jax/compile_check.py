@@ -165,6 +165,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                                   "--topology; required with --devices)")
     p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
                    help="model-FLOPs utilisation for the expected step time")
+    p.add_argument("--hbm-gib", type=float, help="override the chip's HBM (GiB per chip)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.batch_size=1024 (repeatable)")
     p.add_argument("--json", help="also write the report to this JSON file")
@@ -257,6 +258,7 @@ def check(config_spec: str, args: argparse.Namespace) -> Report:
     # The SPMD-partitioned module is one device's program: its FLOPs are per device.
     flops_device = float(cost.get("flops", 0.0))
     hbm, peak = CHIPS[args.chip]
+    hbm = int(args.hbm_gib * GIB) if args.hbm_gib else hbm
     # Donated arguments alias outputs, so only outputs beyond the aliases take new memory.
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
              + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)

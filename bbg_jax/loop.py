@@ -25,6 +25,8 @@ from clu import metric_writers, periodic_actions
 
 from bbg_jax import checkpoint, sharding
 from bbg_jax.data.global_batch import per_process_batch_size
+from bbg_jax.evaluation import evaluators as evaluators_lib
+from bbg_jax.evaluation import standalone
 from bbg_jax.train import jit_train_step
 from bbg_jax.train_state import TrainState, check_networks, create_train_state, make_optimizers
 
@@ -55,6 +57,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f"model.image_channels={m.image_channels}.")
     if config.train.n_d_steps < 1:
         raise ValueError(f"train.n_d_steps={config.train.n_d_steps} must be >= 1.")
+    every = evaluators_lib.eval_section(config).every_steps
+    if every and every % config.train.checkpoint_every:
+        raise ValueError(
+            f"eval.every_steps={every} must be a multiple of train.checkpoint_every="
+            f"{config.train.checkpoint_every}: each evaluation reads a saved checkpoint's state "
+            "(and the best train_val probe keeps that checkpoint).")
 
 
 def local_batches(config: ml_collections.ConfigDict, start_batch: int
@@ -175,8 +183,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
              config.data.batch_size)
     last_checkpoint = manager.latest_step()
 
-    # (3) Data.
+    # (3) Data and evaluators.
     batches = step_batches(config, mesh, start)
+    ev = evaluators_lib.eval_section(config)
+    evals = (evaluators_lib.build_evaluators(config, str(workdir_path))
+             if ev.every_steps and jax.process_index() == 0 else [])
 
     # (4) Loop.
     train_step = jit_train_step(config, mesh)
@@ -201,6 +212,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         checkpoint.save(manager, state, config, {"data_batch": step * t.n_d_steps})
         last_checkpoint = step
 
+    def evaluate(state, step):
+        metrics, images = evaluators_lib.run_all(evals, state)
+        writer.write_scalars(step, metrics)
+        writer.write_images(step, {k: v[None] for k, v in images.items()})
+        standalone.write_outputs(str(workdir_path), step, metrics, images,
+                                 {"generator": ev.generator, "bn_stats": ev.bn_stats})
+        standalone.record_best_probe(str(workdir_path), step, metrics)
+
     try:
         for step in range(start + 1, t.num_steps + 1):
             batch = next(batches)
@@ -215,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 settle(pending)
                 pending = None
                 save(state)
+                if evals and (step % ev.every_steps == 0 or step == t.num_steps):
+                    evaluate(state, step)
             if step == hang_at:
                 (workdir_path / f"hanging_at_{step}").touch()  # tells the test where we are
                 while not preemption.requested:

@@ -1,5 +1,7 @@
 """Entry point: ``python -m bbg_jax.main --config=experiments/<name>.py --workdir=DIR``.
 
+``--mode=eval --workdir=DIR [--step=N]`` evaluates a checkpoint instead.
+
 Overrides: ``--config.train.num_steps=100`` and the like. Everything else lives in the library.
 """
 
@@ -15,7 +17,10 @@ from bbg_jax import loop, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming from the workdir); eval: evaluate a checkpoint "
+                          "and write WORKDIR/eval/step_N/report.json.")
+_STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: latest).")
 
 
 class _QuietOrbax(logging.Filter):
@@ -30,9 +35,16 @@ def main(argv):
     absl_logging.get_absl_handler().addFilter(_QuietOrbax())
     sharding.maybe_initialize_distributed()
     if _MODE.value == "train":
+        if _CONFIG.value is None:
+            raise app.UsageError("--mode=train needs --config=experiments/<name>.py")
         loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+        from bbg_jax.evaluation import standalone
+
+        # Without --config, the config the run saved in WORKDIR/config.json is used.
+        standalone.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -9,6 +9,7 @@ import ml_collections
 
 from bbg_jax.configs import model_config, train_config
 from bbg_jax.data.config import data_config
+from bbg_jax.evaluation.config import eval_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -27,4 +28,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.train.ema_start_step = 2
     config.train.log_every = 1
     config.train.checkpoint_every = 3
+    # Sample sheets only: FID's Inception runs at a few images/s on a CPU.
+    config.eval = eval_config(fid_num_samples=32)
+    config.eval.evaluators = ("samples",)
+    config.eval.batch_size = 8
+    config.eval.sheet_size = 8
+    config.eval.standing_batches = 2
     return config

@@ -8,16 +8,26 @@ Command:   python -m bbg_jax.main --config=experiments/table1.py:<variant> --wor
            z_unary_only, no_unary, small_e, small_g, no_e, high_res_e, low_res_g, high_res_g,
            resnet101, resnet_x2, revnet, revnet_x2, revnet_x4, resnet_e_lr, revnet_x4_e_lr.
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
-Time:      500k G/E steps each. Analytic FLOPs per image (convolutions and matmuls of the traced
-           forward passes, backward = 2 x forward; `bbg_jax.compile_check.analytic_step_flops`):
-           base 580 GFLOP -> 1.19 PFLOP per step -> 0.20 s on 32 v5p chips at 40% of 459
-           TFLOP/s -> 28 h. Per variant, the analytic step cost relative to base is in COST below
-           (e.g. revnet_x4 x1.6 -> 45 h, high_res_e x1.1, high_res_g x4 -> ~110 h); the README
-           table has the compiled numbers per row, from `bbg_jax.compile_check`.
+Time:      500k G/E steps each. Analytic FLOPs (convolutions and matmuls of the traced forward
+           passes, backward = 2 x forward; `bbg_jax.compile_check.analytic_step_flops`) and the
+           time on 32 v5p chips at 40% of 459 TFLOP/s (the README table has compiled numbers):
+             variant                     GFLOP/image  PFLOP/step  s/step  hours
+             base, deterministic_e,             580     1.187   0.202   28
+               uniform_prior, *_unary*, resnet_e_lr
+             small_g                            392     0.804   0.137   19
+             no_e                               561     1.150   0.196   27
+             high_res_e                         620     1.269   0.216   30
+             low_res_g                          456     0.934   0.159   22
+             high_res_g                        2014     4.125   0.702   98
+             resnet101                          592     1.212   0.206   29
+             resnet_x2                          619     1.268   0.216   30
+             revnet / revnet_x2                 571/581 1.169/1.190  0.20  28
+             revnet_x4, revnet_x4_e_lr          618     1.266   0.216   30
+             small_e                            ~577 (E about a quarter of base's 2.8 GFLOP)
 Expected:  each row's numbers of the paper's Table 1: linear-probe top-1 on train_val
            (avepool and bn_crelu features), IS and FID of the EMA generator. The base model is
            "ResNet-50 E at 128, BigGAN G/D at 128, ch 96, unary terms, stochastic E".
-Paper:     Donahue & Simonyan 2019, Table 1; each variant's docstring line names its row.
+Paper:     Donahue & Simonyan 2019, Table 1; VARIANTS maps each variant to its row's name.
 [open]:    everything [open] in experiments/bigbigan_imagenet128.py, plus per variant:
            small_e halves E's channel width (ResNet-50 at 32 base channels instead of 64; the row
            is "Small E (32)"), and small_g sets only G's ch to 32 (D keeps 96) -- which widths
@@ -53,6 +63,13 @@ def _encoder(config, trunk: str, width: int = 1) -> None:
     config.model.encoder.width = width
 
 
+def _half_width_encoder(config) -> None:
+    """ResNet-50 at 32 base channels. The width field is typed int, so it is replaced; the
+    encoder must accept fractional widths for this to build (patch listed in the README)."""
+    del config.model.encoder["width"]
+    config.model.encoder.width = 0.5
+
+
 def _no_encoder(config) -> None:
     """The "No E (GAN)" row: unconditional BigGAN, D on x alone, hinge loss on s_x."""
     config.model.encoder.enabled = False
@@ -71,8 +88,7 @@ VARIANTS = {
     "x_unary_only": ("x Unary Only", lambda c: setattr(c.train, "loss_terms", "no_z_unary")),
     "z_unary_only": ("z Unary Only", lambda c: setattr(c.train, "loss_terms", "no_x_unary")),
     "no_unary": ("No Unaries (BiGAN)", lambda c: setattr(c.train, "loss_terms", "joint_only")),
-    # [open] width 0.5 needs the encoder to accept fractional widths (see the README).
-    "small_e": ("Small E (32)", lambda c: setattr(c.model.encoder, "width", 0.5)),
+    "small_e": ("Small E (32)", _half_width_encoder),
     "small_g": ("Small G (32)", lambda c: setattr(c.model.generator, "ch", 32)),
     "no_e": ("No E (GAN)", _no_encoder),
     "high_res_e": ("High Res E (256)", lambda c: _resolutions(c, 128, 256)),
@@ -88,17 +104,6 @@ VARIANTS = {
                        lambda c: (_encoder(c, "revnet50", 4),
                                   setattr(c.train, "e_lr_multiplier", 10.0))),
 }
-
-# Analytic step FLOPs relative to base (compile_check.analytic_step_flops / 1.187e15), rounded;
-# checked against the analytic count by tests/test_experiments.py.
-COST = {
-    "base": 1.0, "deterministic_e": 1.0, "uniform_prior": 1.0, "x_unary_only": 1.0,
-    "z_unary_only": 1.0, "no_unary": 1.0, "small_e": 1.0, "small_g": 0.5, "no_e": 1.0,
-    "high_res_e": 1.1, "low_res_g": 0.3, "high_res_g": 3.8, "resnet101": 1.0, "resnet_x2": 1.1,
-    "revnet": 1.0, "revnet_x2": 1.1, "revnet_x4": 1.3, "resnet_e_lr": 1.0,
-    "revnet_x4_e_lr": 1.3,
-}
-
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or "base"

