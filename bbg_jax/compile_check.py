@@ -82,76 +82,12 @@ TABLE_HEADER = (
 )
 
 
-def _matmul_flops(jaxpr: Any) -> float:
-    """2 x multiply-adds of every convolution and dot in a jaxpr (sub-jaxprs included)."""
-    import numpy as np
-
-    total = 0.0
-    for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            out = eqn.outvars[0].aval.shape
-            rhs = eqn.invars[1].aval.shape
-            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
-            total += 2.0 * np.prod(out) * np.prod(rhs) / out_features
-        elif name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs = eqn.invars[0].aval.shape
-            k = np.prod([lhs[i] for i in lhs_contract]) if lhs_contract else 1
-            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
-        for sub in _sub_jaxprs(eqn.params):
-            total += _matmul_flops(sub)
-    return float(total)
-
-
-def _sub_jaxprs(params: dict) -> list[Any]:
-    from jax.extend import core
-
-    subs = []
-    for v in params.values():
-        for item in v if isinstance(v, list | tuple) else [v]:
-            if isinstance(item, core.ClosedJaxpr):
-                subs.append(item.jaxpr)
-            elif isinstance(item, core.Jaxpr):
-                subs.append(item)
-    return subs
-
-
-def forward_flops(config: Any) -> dict[str, float]:
-    """Analytic forward FLOPs per image (per (x, z) pair for D) of each network.
-
-    Counted from the shapes of every convolution and matmul in the traced forward pass
-    (evaluation mode, batch 1): independent of XLA's cost model, which also counts elementwise
-    work and whatever the compiler rematerialises.
-    """
-    import jax
-
-    from bbg_jax.models import abstract_variables, build_models, example_inputs
-
-    models = build_models(config)
-    variables = abstract_variables(config)
-    inputs = example_inputs(config, batch=1)
-    out = {}
-    for name, module in models.items():
-        def fwd(v, *xs, module=module):
-            return module.apply(v, *xs, train=False, rngs={"noise": jax.random.PRNGKey(0)})
-        jaxpr = jax.make_jaxpr(fwd)(variables[name], *inputs[name])
-        out[name] = _matmul_flops(jaxpr.jaxpr)
-    return out
-
-
 def analytic_step_flops(config: Any) -> float:
-    """FLOPs of one train step (``n_d_steps`` D updates + one G/E update), whole batch.
+    """The analytic count of one train step (``bbg_jax.flops``: shapes of every convolution and
+    matmul, backward = 2 x forward, D's input-only backward in the G/E update = 1 x forward)."""
+    from bbg_jax.flops import train_step_flops
 
-    Per image, backward = 2 x forward (input and weight gradients). Each D update: G and E
-    forward only, D forward + backward on encoder and generator pairs (2 per image). The G/E
-    update: G and E forward + backward, D forward + input gradients only (1 x forward) on both.
-    """
-    f = forward_flops(config)
-    g, e, d = f["G"], f.get("E", 0.0), f["D"]
-    per_image = (config.train.n_d_steps * (g + e + 3 * 2 * d)
-                 + 3 * g + 3 * e + 2 * 2 * d)
-    return per_image * config.data.batch_size
+    return train_step_flops(config)
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:

@@ -23,10 +23,12 @@ def maybe_initialize_distributed() -> None:
     """Joins a multi-process run when launched as one (TPU pod, SLURM, or explicit env vars).
 
     ``jax.distributed.initialize()`` discovers the coordinator on TPU VMs and under SLURM; elsewhere
-    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. A single process on one
-    machine needs nothing.
+    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (launch/tpu_pod.sh sets the
+    address). BBG_JAX_DISTRIBUTED=1 forces the call where none of these signals is visible. A
+    single process on one machine needs nothing.
     """
-    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    explicit = ("JAX_COORDINATOR_ADDRESS" in os.environ
+                or os.environ.get("BBG_JAX_DISTRIBUTED") == "1")
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
     tpu_pod = int(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")) > 0
     if explicit or slurm or tpu_pod:

@@ -9,7 +9,7 @@ Command:   python -m bbg_jax.main --config=experiments/table1.py:<variant> --wor
            resnet101, resnet_x2, revnet, revnet_x2, revnet_x4, resnet_e_lr, revnet_x4_e_lr.
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
 Time:      500k G/E steps each. Analytic FLOPs (convolutions and matmuls of the traced forward
-           passes, backward = 2 x forward; `bbg_jax.compile_check.analytic_step_flops`) and the
+           passes, backward = 2 x forward; `bbg_jax.flops.train_step_flops`) and the
            time on 32 v5p chips at 40% of 459 TFLOP/s (the README table has compiled numbers):
              variant                     GFLOP/image  PFLOP/step  s/step  hours
              base, deterministic_e,             580     1.187   0.202   28

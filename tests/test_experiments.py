@@ -86,9 +86,9 @@ def test_unconditional_biggan():
 
 @pytest.mark.slow  # ~10 s: traces the three full-size networks
 def test_analytic_flops_match_spec():
-    from bbg_jax.compile_check import forward_flops
+    from bbg_jax.flops import network_forward_flops
 
-    f = forward_flops(table1.get_config("high_res_e"))
+    f = network_forward_flops(table1.get_config("high_res_e"))
     # SPEC §9: G 42.2, D 21.7 (+ H and J here), ResNet-50 at 256 10.7 GFLOP per image.
     assert f["G"] / 1e9 == pytest.approx(42.2, rel=0.02)
     assert f["D"] / 1e9 == pytest.approx(21.7, rel=0.03)

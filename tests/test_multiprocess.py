@@ -53,7 +53,8 @@ def test_two_processes_match_one(tmp_path):
     losses = [k for k in a.files if k.startswith("loss/")]
     assert any("d_loss" in k for k in losses) and any("g_loss" in k for k in losses)
     for k in losses:
-        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        # Measured: up to 2.3e-5 absolute on O(1) scores (gloo sums in another order).
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-4, err_msg=k)
     params = [k for k in a.files if not k.startswith("loss/")]
     flat_a = np.concatenate([a[k].ravel() for k in params])
     flat_b = np.concatenate([b[k].ravel() for k in params])

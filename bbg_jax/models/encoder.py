@@ -40,9 +40,9 @@ _TOTAL_STRIDE = 32
 _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def trunk_feature_dim(width: int) -> int:
+def trunk_feature_dim(width: float) -> int:
     """Width of ``avepool_feat`` (the trunk's last stage) for any of the trunks."""
-    return 2048 * width
+    return int(2048 * width)
 
 
 def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str) -> nn.Conv:
@@ -170,7 +170,7 @@ class ResNetV2(nn.Module):
     """ResNet-v2 trunk: 7x7/2 root conv, 3x3/2 max-pool, four bottleneck stages, final BN-ReLU."""
 
     depths: tuple[int, ...]
-    width: int = 1
+    width: float = 1
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
@@ -179,9 +179,9 @@ class ResNetV2(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         # v2 puts no BN/ReLU after the root conv: the first unit's pre-activation does it.
-        x = _conv(64 * self.width, 7, 2, self.dtype, "root_conv")(x)
+        x = _conv(int(64 * self.width), 7, 2, self.dtype, "root_conv")(x)
         x = _root_pool(x)
-        filters = 256 * self.width
+        filters = int(256 * self.width)
         for s, n_units in enumerate(self.depths):
             for u in range(n_units):
                 strides = 2 if (s > 0 and u == 0) else 1
@@ -201,7 +201,7 @@ class RevNet(nn.Module):
     the reference's ``last_relu=False``)."""
 
     depths: tuple[int, ...]
-    width: int = 1
+    width: float = 1
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
@@ -211,7 +211,7 @@ class RevNet(nn.Module):
         bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
         # Reversible units keep the channel count, so the root conv must already produce the
         # first stage's width.
-        channels = 256 * self.width
+        channels = int(256 * self.width)
         x = _conv(channels, 7, 2, self.dtype, "root_conv")(x)
         x = _root_pool(x)
         for s, n_units in enumerate(self.depths):
@@ -239,7 +239,7 @@ class Encoder(nn.Module):
     """
 
     trunk: str = "resnet50"
-    width: int = 1
+    width: float = 1  # multiplier; fractional (0.5) for the "Small E" ablation
     z_dim: int = 120
     mlp_depth: int = 4
     mlp_width: int = 4096
@@ -256,7 +256,11 @@ class Encoder(nn.Module):
             raise ValueError(
                 f"Unknown encoder trunk {self.trunk!r}; valid trunks: {', '.join(VALID_TRUNKS)}."
             )
-        for field in ("width", "z_dim", "mlp_depth", "mlp_width"):
+        # Fractional widths (0.5: the paper's "Small E (32)") must give whole channel counts.
+        if not (self.width > 0 and float(64 * self.width).is_integer()):
+            raise ValueError(f"Encoder width must make 64 x width a positive integer, "
+                             f"got {self.width!r}.")
+        for field in ("z_dim", "mlp_depth", "mlp_width"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Encoder {field} must be a positive integer, got {value!r}.")
