@@ -63,8 +63,19 @@ def l2_norm(tree: PyTree) -> jax.Array:
                         for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _split_scores(scores: dict[str, jax.Array], n: int) -> tuple[dict, dict]:
-    return ({k: v[:n] for k, v in scores.items()}, {k: v[n:] for k, v in scores.items()})
+def _interleave(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[a0, b0, a1, b1, ...]: one batch for D that keeps each device's rows on that device.
+
+    Concatenating two batch-sharded arrays would put the real half on the first half of the
+    devices and force an exchange of activations; interleaving keeps row i of both on its device.
+    """
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def _split_scores(scores: dict[str, jax.Array]) -> tuple[dict, dict]:
+    """Inverse of ``_interleave`` on D's scores: (encoder-pair scores, generator-pair scores)."""
+    pairs = {k: v.reshape(-1, 2) for k, v in scores.items()}
+    return {k: v[:, 0] for k, v in pairs.items()}, {k: v[:, 1] for k, v in pairs.items()}
 
 
 class StepFunctions(NamedTuple):
@@ -129,17 +140,16 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
 
     def d_scores(d_vars, real, noise, x_fake, z_hat, train, mutable):
         """D on encoder (real) pairs and generator pairs in one pass."""
-        n = real["image_d"].shape[0]
-        x = jnp.concatenate([real["image_d"], x_fake], axis=0)
+        x = _interleave(real["image_d"], x_fake)
         if E is not None:
-            second = jnp.concatenate([z_hat, noise["z"]], axis=0)
+            second = _interleave(z_hat, noise["z"])
         elif config.model.discriminator.num_classes > 0:
-            second = jnp.concatenate([real["label"], noise["y"]], axis=0)
+            second = _interleave(real["label"], noise["y"])
         else:
             second = None
         out = D.apply(d_vars, x, second, train=train, mutable=mutable)
         scores, new_state = out if mutable else (out, None)
-        enc, gen = _split_scores(scores, n)
+        enc, gen = _split_scores(scores)
         return enc, gen, new_state
 
     def generate(state, g_params, noise, mutable):

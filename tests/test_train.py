@@ -322,3 +322,14 @@ def test_ablations_train_through_the_same_step(name):
     assert int(new.step) == 1
     if name == "biggan_conditional":
         assert int(batch["label"].max()) < 10
+
+
+def test_interleaved_d_batch_splits_back_into_its_halves():
+    from bbg_jax.train import _interleave, _split_scores
+
+    real, fake = jnp.arange(4.0), jnp.arange(4.0) + 10
+    mixed = _interleave(real, fake)
+    np.testing.assert_array_equal(mixed, [0, 10, 1, 11, 2, 12, 3, 13])
+    enc, gen = _split_scores({"score_x": mixed})
+    np.testing.assert_array_equal(enc["score_x"], real)
+    np.testing.assert_array_equal(gen["score_x"], fake)
