@@ -12,7 +12,7 @@ import ml_collections
 
 from bbg_jax.configs import biggan_model, train_config
 from bbg_jax.data.config import data_config
-from bbg_jax.evaluation.config import eval_config
+from bbg_jax.evaluation.config import imagenet_eval_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -21,8 +21,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.model = biggan_model(resolution=128, ch=96, z_dim=120, num_classes=1000)
     config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
     config.train = train_config()
-    config.eval = eval_config(fid_num_samples=50_000)  # the published protocol
-    config.eval.fid_splits = ("train", "eval")
-    config.eval.every_steps = 10_000
+    config.eval = imagenet_eval_config()
     config.train.loss_terms = "x_only"  # the plain hinge loss: BigGAN is BigBiGAN without E
     return config

@@ -15,6 +15,7 @@ import ml_collections
 
 from bbg_jax.configs import model_config, train_config
 from bbg_jax.data.config import data_config
+from bbg_jax.evaluation.config import imagenet_eval_config
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -26,5 +27,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.model.discriminator.num_classes = 0  # no projection: unconditional
     config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
     config.train = train_config()
+    config.eval = imagenet_eval_config()
     config.train.loss_terms = "x_only"
     return config

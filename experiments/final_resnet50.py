@@ -19,6 +19,7 @@ import ml_collections
 
 from bbg_jax.configs import model_config, train_config
 from bbg_jax.data.config import data_config
+from bbg_jax.evaluation.config import imagenet_eval_config
 
 
 def final_config(trunk: str, width: int) -> ml_collections.ConfigDict:
@@ -31,6 +32,7 @@ def final_config(trunk: str, width: int) -> ml_collections.ConfigDict:
     config.data = data_config("imagenet2012", resolution=128, encoder_resolution=256,
                               batch_size=2048)
     config.train = train_config()
+    config.eval = imagenet_eval_config()
     config.train.e_lr_multiplier = 10.0
     config.train.num_steps = 1_000_000
     return config

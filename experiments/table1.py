@@ -40,6 +40,7 @@ import ml_collections
 
 from bbg_jax.configs import model_config, train_config
 from bbg_jax.data.config import data_config
+from bbg_jax.evaluation.config import imagenet_eval_config
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -47,6 +48,7 @@ def _base() -> ml_collections.ConfigDict:
     config.model = model_config(resolution=128, ch=96, z_dim=120)
     config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
     config.train = train_config()
+    config.eval = imagenet_eval_config()
     return config
 
 
