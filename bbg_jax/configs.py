@@ -97,6 +97,9 @@ def train_config() -> ml_collections.ConfigDict:
     t.keep_last = 3  # checkpoints: the last N ...
     t.keep_every = 50_000  # ... plus every K-th step
     t.init_from = ""  # a checkpoint directory whose parameters start a fresh run
+    # Online linear probe on stop-gradient avepool_feat (BYOL-style monitor; never touches E).
+    t.online_probe_classes = 0  # the dataset's class count; 0 = off
+    t.online_probe_lr = 1e-3
     return t
 
 

@@ -39,6 +39,7 @@ from bbg_jax.train_state import (
     learning_rates,
     lr_schedule,
     make_optimizers,
+    probe_optimizer,
     update_ema,
 )
 
@@ -111,6 +112,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
     G, D = models["G"], models["D"]
     E = models.get("E")
     txs = make_optimizers(config, sorted(models))
+    probe_tx = probe_optimizer(config)
     terms = t.loss_terms
     class_conditional = config.model.generator.conditioning == "class"
     num_classes = config.model.generator.num_classes
@@ -190,10 +192,12 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                                      mutable=["batch_stats", "spectral"])
             new_states = {"G": new_g}
             z_hat = None
+            feat = None
             if E is not None:
                 enc_out, new_e = encode(state, ge_params["E"], real, noise,
                                         mutable=["batch_stats"])
                 z_hat, new_states["E"] = enc_out["z_sample"], new_e
+                feat = enc_out["avepool_feat"]
             enc, gen, _ = d_scores(variables(state, "D"), real, noise, x_fake, z_hat,
                                    train=False, mutable=False)
             losses = bigbigan_losses(enc, gen, terms)
@@ -201,10 +205,10 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             if t.ortho_reg_weight > 0:
                 losses["ortho_reg_G"] = orthogonal_regularizer(ge_params["G"])
                 total = total + t.ortho_reg_weight * losses["ortho_reg_G"]
-            return total, (losses, new_states)
+            return total, (losses, new_states, feat)
 
         ge_params = {k: state.params[k] for k in names}
-        grads, (losses, new_states) = jax.grad(loss_fn, has_aux=True)(ge_params)
+        grads, (losses, new_states, feat) = jax.grad(loss_fn, has_aux=True)(ge_params)
         params, opt_state, model_state = dict(state.params), dict(state.opt_state), dict(
             state.model_state)
         metrics = {}
@@ -214,7 +218,28 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             model_state[k] = {**state.model_state[k], **new_states[k]}
             metrics[f"grad_norm_{k}"] = l2_norm(grads[k])
         state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
+        if state.probe:
+            state, probe_metrics = probe_update(state, jax.lax.stop_gradient(feat),
+                                                real["label"])
+            metrics.update(probe_metrics)
         return state, {**losses, **metrics}
+
+    def probe_update(state: TrainState, feat: jax.Array, label: jax.Array
+                     ) -> tuple[TrainState, dict]:
+        """One step of the online linear probe on frozen features (reported before the step)."""
+
+        def loss_fn(p):
+            logits = feat @ p["kernel"] + p["bias"]
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+            return loss, logits
+
+        p, opt = state.probe["params"], state.probe["opt_state"]
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, opt = probe_tx.update(grads, opt, p)
+        top1 = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
+        new = {"params": optax.apply_updates(p, updates), "opt_state": opt}
+        return state.replace(probe=new), {"online_probe_loss": loss,
+                                          "online_probe_top1_train": top1}
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         key = jax.random.fold_in(state.rng, state.step)

@@ -7,6 +7,7 @@
                E {batch_stats}, D {spectral}
   opt_state    per network, its optax state (Adam moments float32)
   ema_params   exponential moving averages of G's (and optionally E's) parameters
+  probe        the online linear probe (BYOL-style): {"params", "opt_state"}, empty when off
   rng          the base key; step s uses fold_in(rng, s), so nothing random depends on history
 """
 
@@ -33,6 +34,7 @@ class TrainState:
     model_state: dict[str, PyTree]
     opt_state: dict[str, PyTree]
     ema_params: dict[str, PyTree]
+    probe: dict[str, PyTree]
     rng: jax.Array
 
 
@@ -68,6 +70,20 @@ def make_optimizers(config: ml_collections.ConfigDict, names: list[str]
     return txs
 
 
+def probe_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.adam(config.train.online_probe_lr)
+
+
+def init_probe(config: ml_collections.ConfigDict, feature_dim: int) -> dict[str, PyTree]:
+    """A zero-initialised linear softmax classifier on E's avepool_feat (off when 0 classes)."""
+    n = config.train.online_probe_classes
+    if n <= 0 or not config.model.encoder.enabled:
+        return {}
+    params = {"kernel": jnp.zeros((feature_dim, n), jnp.float32),
+              "bias": jnp.zeros((n,), jnp.float32)}
+    return {"params": params, "opt_state": probe_optimizer(config).init(params)}
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
     """Initialises every network and optimizer. Works under ``jax.eval_shape`` too."""
     init_rng, state_rng = jax.random.split(rng)
@@ -79,8 +95,12 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     ema_names = ema_networks(config, params)
     # A copy, not an alias: the step donates the state, and one buffer cannot be donated twice.
     ema_params = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in ema_names}
+    probe = {}
+    if "E" in params:
+        feature_dim = params["E"]["head_mlp"]["dense_0"]["kernel"].shape[0]
+        probe = init_probe(config, feature_dim)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=opt_state, ema_params=ema_params, rng=state_rng)
+                      opt_state=opt_state, ema_params=ema_params, probe=probe, rng=state_rng)
 
 
 def ema_networks(config: ml_collections.ConfigDict, params: dict[str, PyTree]) -> list[str]:

@@ -32,6 +32,7 @@ def final_config(trunk: str, width: int) -> ml_collections.ConfigDict:
     config.data = data_config("imagenet2012", resolution=128, encoder_resolution=256,
                               batch_size=2048)
     config.train = train_config()
+    config.train.online_probe_classes = 1000  # the ImageNet online probe
     config.eval = imagenet_eval_config()
     config.train.e_lr_multiplier = 10.0
     config.train.num_steps = 1_000_000

@@ -28,6 +28,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.train.ema_start_step = 2
     config.train.log_every = 1
     config.train.checkpoint_every = 3
+    config.train.online_probe_classes = 1000  # synthetic labels are drawn from 1000 classes
     # Sample sheets only: FID's Inception runs at a few images/s on a CPU.
     config.eval = eval_config(fid_num_samples=32)
     config.eval.evaluators = ("samples",)

@@ -48,6 +48,7 @@ def _base() -> ml_collections.ConfigDict:
     config.model = model_config(resolution=128, ch=96, z_dim=120)
     config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
     config.train = train_config()
+    config.train.online_probe_classes = 1000  # the ImageNet online probe
     config.eval = imagenet_eval_config()
     return config
 

@@ -333,3 +333,18 @@ def test_interleaved_d_batch_splits_back_into_its_halves():
     enc, gen = _split_scores({"score_x": mixed})
     np.testing.assert_array_equal(enc["score_x"], real)
     np.testing.assert_array_equal(gen["score_x"], fake)
+
+
+@pytest.mark.slow
+def test_online_probe_learns_without_touching_the_encoder(step_setup):
+    _, fns, state, real, noise = step_setup
+    assert state.probe, "the smoke config enables the online probe"
+    ge = jax.jit(fns.ge_update)
+    new, metrics = ge(state, real, noise)
+    assert {"online_probe_loss", "online_probe_top1_train"} <= set(metrics)
+    assert not tree_equal(new.probe["params"], state.probe["params"])
+    # A different probe gives exactly the same G and E update: it reads stop-gradient features.
+    other = state.replace(probe={**state.probe, "params": jax.tree_util.tree_map(
+        lambda x: x + 1.0, state.probe["params"])})
+    new_other, _ = ge(other, real, noise)
+    assert tree_equal(new_other.params, new.params)
