@@ -36,21 +36,16 @@ Paper:     Donahue & Simonyan 2019, Table 1; VARIANTS maps each variant to its r
            no_e is the unconditional BigGAN (single learned label, hinge loss on x only).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from bbg_jax.configs import model_config, train_config
-from bbg_jax.data.config import data_config
-from bbg_jax.evaluation.config import imagenet_eval_config
+from bbg_jax.configs import load_experiment
 
 
 def _base() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = model_config(resolution=128, ch=96, z_dim=120)
-    config.data = data_config("imagenet2012", resolution=128, batch_size=2048)
-    config.train = train_config()
-    config.train.online_probe_classes = 1000  # the ImageNet online probe
-    config.eval = imagenet_eval_config()
-    return config
+    # The base row is exactly experiments/bigbigan_imagenet128.py; every variant starts from it.
+    return load_experiment(str(Path(__file__).with_name("bigbigan_imagenet128.py")))
 
 
 def _resolutions(config, g_res: int, e_res: int, z_dim: int = 120) -> None:
