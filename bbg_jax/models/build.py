@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from bbg_jax.models import layers
 from bbg_jax.models.discriminator import BigBiGANDiscriminator, GANDiscriminator
 from bbg_jax.models.encoder import Encoder
 from bbg_jax.models.generator import Generator
@@ -45,6 +46,10 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
     """Returns {"G": ..., "D": ...} plus "E" when the encoder is enabled."""
     m = config.model
     dtype = compute_dtype(m.dtype)
+    attention_impl = m.get("attention_impl", "dot_product")
+    if attention_impl not in layers.ATTENTION_IMPLS:
+        raise ValueError(f"model.attention_impl={attention_impl!r}; use one of "
+                         f"{layers.ATTENTION_IMPLS}.")
     g, d, e = m.generator, m.discriminator, m.encoder
     models: dict[str, nn.Module] = {
         "G": Generator(
@@ -52,7 +57,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             num_classes=g.num_classes, embed_dim=g.embed_dim, hierarchical_z=g.hierarchical_z,
             attention_resolutions=_attention(g.attention_resolutions), deep=g.deep,
             out_channels=m.image_channels, bn_eps=m.bn_eps, bn_momentum=g.bn_momentum,
-            sn_eps=m.sn_eps, dtype=dtype,
+            sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl,
         )
     }
     if d.resolution != g.resolution:
@@ -62,7 +67,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
         )
     common_d = dict(resolution=d.resolution, ch=d.ch, deep=d.deep,
                     attention_resolutions=_attention(d.attention_resolutions),
-                    sn_eps=m.sn_eps, dtype=dtype)
+                    sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl)
     if d.kind == "bigbigan":
         if not e.enabled:
             raise ValueError(

@@ -122,6 +122,7 @@ class DTrunk(nn.Module):
     attention_resolutions: tuple[int, ...] | None = None
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -151,8 +152,9 @@ class DTrunk(nn.Module):
                 h = DDeepBlock(c, down, self.sn_eps, self.dtype, name=f"block_{i}")(h, train)
                 size //= 2 if down else 1
                 if not down and size in attention:
-                    h = layers.SelfAttention(sn_eps=self.sn_eps, dtype=self.dtype,
-                                             name=f"attention_{size}")(h, train)
+                    h = layers.SelfAttention(
+                        sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                        name=f"attention_{size}")(h, train)
             return jnp.mean(nn.relu(h).astype(jnp.float32), axis=(1, 2))
         outs = [self.ch * m for m in mult]
         for i, c in enumerate(outs):
@@ -161,8 +163,9 @@ class DTrunk(nn.Module):
                        name=f"block_{i}")(h, train)
             size //= 2 if down else 1
             if down and size in attention:
-                h = layers.SelfAttention(sn_eps=self.sn_eps, dtype=self.dtype,
-                                         name=f"attention_{size}")(h, train)
+                h = layers.SelfAttention(
+                    sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                    name=f"attention_{size}")(h, train)
         return jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
 
 
@@ -180,12 +183,13 @@ class GANDiscriminator(nn.Module):
     num_classes: int = 0
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
 
     @nn.compact
     def __call__(self, x: Array, label: Array | None = None, train: bool = True
                  ) -> dict[str, Array]:
         feat = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                      self.sn_eps, self.dtype, name="F")(x, train)
+                      self.sn_eps, self.dtype, self.attention_impl, name="F")(x, train)
         score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x")(feat, train)[:, 0]
         if self.num_classes > 0:
             if label is None:
@@ -214,6 +218,7 @@ class BigBiGANDiscriminator(nn.Module):
     mlp_width: int = 2048
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
 
     @nn.compact
     def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
@@ -224,7 +229,7 @@ class BigBiGANDiscriminator(nn.Module):
             dtype=self.dtype, name=name)
         head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name)  # noqa: E731
         fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                    self.sn_eps, self.dtype, name="F")(x, train)
+                    self.sn_eps, self.dtype, self.attention_impl, name="F")(x, train)
         hz = mlp("H")(z.astype(jnp.float32), train)
         jxz = mlp("J")(jnp.concatenate([fx.astype(self.dtype), hz], axis=-1), train)
         return {

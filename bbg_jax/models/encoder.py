@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from bbg_jax.models import layers
+from bbg_jax.models.conv import conv_general_dilated
 
 Array = jax.Array
 Dtype = Any
@@ -60,6 +61,7 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str
         kernel_init=_he_fan_out,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

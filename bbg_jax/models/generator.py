@@ -148,6 +148,7 @@ class Generator(nn.Module):
     bn_momentum: float = 0.99
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
 
     def channel_plan(self) -> tuple[list[int], list[int]]:
         plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
@@ -221,8 +222,9 @@ class Generator(nn.Module):
             size *= 2 if up else 1
             # Attention follows the (up-)block that reaches an attention resolution.
             if size in attention and up:
-                h = layers.SelfAttention(sn_eps=self.sn_eps, dtype=self.dtype,
-                                         name=f"attention_{size}")(h, train)
+                h = layers.SelfAttention(
+                    sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                    name=f"attention_{size}")(h, train)
         if size != self.resolution:
             raise AssertionError(f"channel plan reached {size}, not {self.resolution}")
         h = layers.BatchNorm(momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype,

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bbg_jax.models.conv import conv2d
+
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
@@ -135,13 +137,8 @@ class SNConv(nn.Module):
                             jnp.float32)
         if self.spectral_norm:
             kernel = SpectralNormParam(eps=self.sn_eps, name="sn")(kernel, train)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(self.strides, self.strides),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                        (self.strides, self.strides), "SAME")
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
             y = y + bias.astype(self.dtype)
@@ -237,6 +234,9 @@ class ConditionalBatchNorm(nn.Module):
         return (y * gain[expand] + bias[expand]).astype(self.dtype)
 
 
+ATTENTION_IMPLS = ("dot_product", "einsum")
+
+
 class SelfAttention(nn.Module):
     """SAGAN self-attention (the "non-local block" of BigGAN).
 
@@ -249,6 +249,7 @@ class SelfAttention(nn.Module):
     spectral_norm: bool = True
     sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
+    impl: str = "dot_product"  # or "einsum": the explicit softmax(θφᵀ)·g
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -263,9 +264,21 @@ class SelfAttention(nn.Module):
         theta = conv(c // 8, "theta")(x, train).reshape(n, h * w, c // 8)
         phi = pool(conv(c // 8, "phi")(x, train)).reshape(n, -1, c // 8)
         g = pool(conv(c // 2, "g")(x, train)).reshape(n, -1, c // 2)
-        logits = jnp.einsum("nqd,nkd->nqk", theta, phi).astype(jnp.float32)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        o = jnp.einsum("nqk,nkd->nqd", attn, g).reshape(n, h, w, c // 2)
+        if self.impl == "dot_product":
+            # jax.nn.dot_product_attention (cuDNN's fused kernel where eligible, XLA otherwise)
+            # wants equal head widths for keys and values: g's C/2 channels become 4 heads of
+            # C/8 that share θ and φ, which gives the same softmax(θφᵀ)·g.
+            heads = 4
+            q = jnp.broadcast_to(theta[:, :, None], (n, h * w, heads, c // 8))
+            k = jnp.broadcast_to(phi[:, :, None], (n, phi.shape[1], heads, c // 8))
+            v = g.reshape(n, -1, heads, c // 8)
+            o = jax.nn.dot_product_attention(q, k, v, scale=1.0).reshape(n, h, w, c // 2)
+        elif self.impl == "einsum":
+            logits = jnp.einsum("nqd,nkd->nqk", theta, phi).astype(jnp.float32)
+            attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            o = jnp.einsum("nqk,nkd->nqd", attn, g).reshape(n, h, w, c // 2)
+        else:
+            raise ValueError(f"SelfAttention impl={self.impl!r}; use one of {ATTENTION_IMPLS}.")
         o = conv(c, "out")(o, train)
         gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
         return (x + gamma.astype(self.dtype) * o).astype(self.dtype)

@@ -125,6 +125,35 @@ def test_self_attention_is_identity_at_init_and_not_after():
     assert shapes["out"]["kernel"] == (1, 1, 8, 16)
 
 
+def test_dot_product_attention_equals_the_explicit_softmax():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 32))
+    fused = layers.SelfAttention(impl="dot_product")
+    variables = fused.init(jax.random.PRNGKey(1), x, train=False)
+    params = {**variables["params"], "gamma": jnp.asarray(0.7)}
+    variables = {**variables, "params": params}
+    a = fused.apply(variables, x, train=False)
+    b = layers.SelfAttention(impl="einsum").apply(variables, x, train=False)
+    # An independent numpy reference of softmax(θφᵀ)·g on the same projections.
+    # Spectral normalisation (tested against SVD elsewhere) as evaluation applies it.
+    spectral = variables["spectral"]
+    w = {k: np.asarray(layers.spectral_normalize(params[k]["kernel"], spectral[k]["sn"]["u"],
+                                                 n_iterations=0, eps=1e-4)[0])[0, 0]
+         for k in ("theta", "phi", "g", "out")}
+    xn = np.asarray(x, np.float64)
+    pool = lambda t: t.reshape(2, 4, 2, 4, 2, -1).max(axis=(2, 4))  # noqa: E731
+    theta = (xn @ w["theta"]).reshape(2, 64, -1)
+    phi = pool(xn @ w["phi"]).reshape(2, 16, -1)
+    g = pool(xn @ w["g"]).reshape(2, 16, -1)
+    logits = theta @ phi.transpose(0, 2, 1)
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    ref = xn + 0.7 * ((attn @ g).reshape(2, 8, 8, -1) @ w["out"])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="impl"):
+        layers.SelfAttention(impl="flash").apply(variables, x, train=False)
+
+
 def test_orthogonal_init_and_regularizer():
     dense = layers.SNDense(16, spectral_norm=False)
     variables = dense.init(jax.random.PRNGKey(0), jnp.ones((1, 32)), train=False)

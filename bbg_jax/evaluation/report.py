@@ -1,0 +1,237 @@
+"""The run report: ``python -m bbg_jax.evaluation.report --workdir=DIR [--step=N]``.
+
+Writes DIR/report.json (and prints its table) for a trained BigBiGAN checkpoint:
+
+* a linear-probe table computed by one probe (``bbg_jax.evaluation.probe``, L2 chosen on
+  train_val) over four feature sets: raw pixels, the same encoder with random weights
+  (``avepool_feat`` and ``bn_crelu_feat``; its BN statistics re-estimated on training images so
+  the baseline is not handicapped by uncalibrated normalisation), and BigBiGAN's ``avepool_feat``
+  and ``bn_crelu_feat``: top-1/top-5 on train_val and on the evaluation split;
+* FID at the first and the last periodic evaluation (from DIR/eval/step_*/report.json);
+* reconstruction class agreement: the BigBiGAN probe (the feature the train_val accuracy picks)
+  classifies each evaluation image x and its reconstruction G(E(x)) (z_mean, the evaluated
+  generator and BN mode); the fraction of equal predictions, and the reconstructions' accuracy
+  against the true labels.
+
+Features of the fixed baselines (pixels, random encoder) are cached in DIR/features/ (they do not
+change between steps); the trained encoder's features are extracted afresh for the step.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from bbg_jax.evaluation import evaluators as evaluators_lib
+from bbg_jax.evaluation import generation, probe, standalone
+from bbg_jax.models import build_models
+from bbg_jax.models.build import example_inputs
+
+SPLITS = ("train", "trainval", "eval")
+
+
+def pixel_features(batches) -> dict[str, np.ndarray]:
+    feats, labels = [], []
+    for b in batches:
+        feats.append(np.asarray(b["image_e"], np.float32).reshape(len(b["label"]), -1))
+        labels.append(np.asarray(b["label"], np.int32))
+    return {"pixels": np.concatenate(feats), "label": np.concatenate(labels)}
+
+
+def random_encoder_variables(config: ml_collections.ConfigDict, batches, seed: int,
+                             calibration_batches: int = 50) -> dict:
+    """E at initialisation, its BN running statistics re-estimated on training images."""
+    E = build_models(config)["E"]
+    x, *_ = example_inputs(config)["E"]
+    variables = flax.core.unfreeze(E.init({"params": jax.random.key(seed)}, x, train=False,
+                                          noise=jnp.zeros((x.shape[0], config.model.z_dim))))
+
+    @jax.jit
+    def calibrate(variables, images):
+        noise = jnp.zeros((images.shape[0], config.model.z_dim))
+        _, new = E.apply(variables, images, train=True, noise=noise, mutable=["batch_stats"])
+        return {**variables, **new}
+
+    for i, b in enumerate(batches):
+        if i == calibration_batches:
+            break
+        variables = calibrate(variables, jnp.asarray(b["image_e"]))
+    return variables
+
+
+def probe_table(features: dict[str, dict[str, dict[str, np.ndarray]]], num_classes: int,
+                settings: probe.ProbeSettings) -> tuple[dict[str, dict], dict]:
+    """{row: {top1_trainval, top1_test, top5_..., l2}} and the fitted probes per row."""
+    rows, fitted = {}, {}
+    for row, (source, key) in ROWS.items():
+        if source not in features:
+            continue
+        f = features[source]
+        result = probe.train_probe(f["train"][key], f["train"]["label"], f["trainval"][key],
+                                   f["trainval"]["label"], num_classes, settings)
+        out = {"l2": result.l2}
+        for split, name in (("trainval", "trainval"), ("eval", "test")):
+            for metric, value in probe.evaluate_probe(result, f[split][key],
+                                                      f[split]["label"]).items():
+                out[f"{metric}_{name}"] = value
+        rows[row], fitted[row] = out, result
+    return rows, fitted
+
+
+# Table row -> (feature source, feature key).
+ROWS = {
+    "raw_pixels": ("pixels", "pixels"),
+    "random_encoder_avepool": ("random", "avepool_feat"),
+    "random_encoder_bn_crelu": ("random", "bn_crelu_feat"),
+    "bigbigan_avepool": ("trained", "avepool_feat"),
+    "bigbigan_bn_crelu": ("trained", "bn_crelu_feat"),
+}
+
+
+def fid_first_last(workdir: str) -> dict:
+    """The FID metrics of the first and the last periodic evaluation that has one."""
+    found = []
+    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
+        with open(path) as f:
+            r = json.load(f)
+        fids = {k: v for k, v in r["metrics"].items() if k.startswith("fid_")}
+        if fids:
+            found.append((r["step"], fids))
+    if not found:
+        return {}
+    found.sort(key=lambda s: s[0])
+    (s0, f0), (s1, f1) = found[0], found[-1]
+    return {"first": {"step": s0, **f0}, "last": {"step": s1, **f1},
+            "all": {str(s): f for s, f in found}}
+
+
+def reconstruction_agreement(config, state, classifier: probe.ProbeResult, feature_key: str,
+                             batches) -> dict:
+    """Probe predictions on x vs on G(E(x)) for every evaluation image."""
+    ev = evaluators_lib.eval_section(config)
+    E = build_models(config)["E"]
+    e_vars = {"params": state.params["E"], **state.model_state["E"]}
+    sample = generation.make_sampler(config, state, ev.generator, ev.bn_stats,
+                                     jax.random.key(ev.seed + 1), ev.standing_batches,
+                                     ev.batch_size)
+    res_e = config.model.encoder.resolution
+    z_dim = config.model.z_dim
+
+    @jax.jit
+    def encode(x):
+        return E.apply(e_vars, x, train=False, noise=jnp.zeros((x.shape[0], z_dim)))
+
+    def predict(feat):
+        return np.argmax(np.asarray(feat) @ classifier.weights + classifier.bias, -1)
+
+    same, correct_x, correct_r, n = 0, 0, 0, 0
+    for b in batches:
+        x = jnp.asarray(b["image_e"])
+        out = encode(x)
+        recon = sample(out["z_mean"], None)
+        if recon.shape[1] != res_e:  # G's resolution differs from E's: resize as the data does
+            recon = jax.image.resize(recon, (recon.shape[0], res_e, res_e, recon.shape[3]),
+                                     "bilinear")
+        p_x, p_r = predict(out[feature_key]), predict(encode(recon)[feature_key])
+        label = np.asarray(b["label"])
+        same += int(np.sum(p_x == p_r))
+        correct_x += int(np.sum(p_x == label))
+        correct_r += int(np.sum(p_r == label))
+        n += len(label)
+    return {"agreement": same / n, "accuracy_x": correct_x / n, "accuracy_reconstruction":
+            correct_r / n, "num_images": n, "feature": feature_key,
+            "generator": ev.generator, "bn_stats": ev.bn_stats, "latent": "z_mean"}
+
+
+def build_report(workdir: str, step: int | None = None, batches_fn=None,
+                 config: ml_collections.ConfigDict | None = None) -> dict:
+    t0 = time.time()
+    config = config or standalone.saved_config(workdir)
+    ev = evaluators_lib.eval_section(config)
+    batches_fn = batches_fn or evaluators_lib.dataset_batches(config, ev.batch_size)
+    state = standalone.restore(config, workdir, step)
+    step = int(jax.device_get(state.step))
+    max_train = ev.probe_max_train
+    limits = {"train": max_train, "trainval": None, "eval": None}
+    E = build_models(config)["E"]
+
+    def split_features(compute, name):
+        return {s: probe.cached(None if name is None else os.path.join(
+            workdir, "features", f"{name}_{s}.npz"), lambda s=s: compute(s)) for s in SPLITS}
+
+    features = {
+        "pixels": split_features(lambda s: pixel_features(batches_fn(s, limits[s])), "pixels"),
+        "trained": split_features(lambda s: probe.encoder_features(
+            E, {"params": state.params["E"], **state.model_state["E"]},
+            batches_fn(s, limits[s])), None),
+    }
+    random_vars = random_encoder_variables(config, batches_fn("train", None), ev.seed + 100)
+    features["random"] = split_features(lambda s: probe.encoder_features(
+        E, random_vars, batches_fn(s, limits[s])), f"random_encoder_seed{ev.seed + 100}")
+    num_classes = int(features["pixels"]["train"]["label"].max()) + 1
+    settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size, ev.probe_learning_rate,
+                                   tuple(ev.probe_l2_grid), ev.seed)
+    rows, fitted = probe_table(features, num_classes, settings)
+
+    best = max(("bigbigan_avepool", "bigbigan_bn_crelu"), key=lambda r: rows[r]["top1_trainval"])
+    recon = reconstruction_agreement(config, state, fitted[best], ROWS[best][1],
+                                     batches_fn("eval", None))
+    report = {
+        "step": step,
+        "probe": rows,
+        "probe_settings": {"epochs": settings.epochs, "batch_size": settings.batch_size,
+                           "learning_rate": settings.learning_rate,
+                           "l2_grid": list(settings.l2_grid), "max_train": max_train,
+                           "selected_on": "trainval", "test_split": config.data.eval_split},
+        "fid": fid_first_last(workdir),
+        "reconstruction_class_agreement": recon,
+        "chance": 1.0 / num_classes,
+        "seed": config.train.seed,
+        "seconds": round(time.time() - t0, 1),
+    }
+    path = os.path.join(workdir, "report.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"step {report['step']}: linear probe top-1 (train_val / test)"]
+    for row, r in report["probe"].items():
+        lines.append(f"  {row:26s} {r['top1_trainval']:.4f} / {r['top1_test']:.4f}"
+                     f"   (L2 {r['l2']:g})")
+    fid = report["fid"]
+    if fid:
+        name = next(k for k in fid["first"] if k.startswith("fid_"))
+        lines.append(f"  {name}: step {fid['first']['step']} {fid['first'][name]:.1f} -> "
+                     f"step {fid['last']['step']} {fid['last'][name]:.1f}")
+    rc = report["reconstruction_class_agreement"]
+    lines.append(f"  reconstruction class agreement {rc['agreement']:.4f} (chance "
+                 f"{report['chance']:.2f}); reconstructions' accuracy "
+                 f"{rc['accuracy_reconstruction']:.4f}")
+    return "\n".join(lines)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+
+
+def main(argv):
+    del argv
+    report = build_report(_WORKDIR.value, _STEP.value)
+    print(format_table(report))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

@@ -1,0 +1,67 @@
+"""BigBiGAN on Fashion-MNIST, sized for a 2-core CPU: the main job a new user runs first.
+
+Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps=N ...]
+           (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
+              after scripts/setup.sh)
+Hardware:  a 2-core CPU; the step's batch is split over simulated host devices
+           (bbg_jax.cpu_devices), which measured faster than one XLA:CPU device.
+Expected:  see the README's "Fashion-MNIST" section for the measured table (3 seeds), the
+           learning curve of a longer run and the sheets.
+
+The same code as the ImageNet configs — BigGAN-style G and D trunk F, residual-MLP H and J,
+stochastic ResNet-v2 encoder with the BigBiGAN head, the full objective — at 32 px (28 px padded
+with black), one grayscale channel, narrow widths and one unit per ResNet stage. Training reads
+the training split less its first 10k examples (train_val); evaluation uses the test split.
+Departures from the paper, all for the CPU budget: G/D width ch=16 (BigGAN-CIFAR's 4·ch = 64
+channels per block), E at 1/4 width with one unit per stage, 2-layer × 256 MLPs for H, J and E's
+head, G and D learning rate 2e-4 (BigGAN's CIFAR setting), EMA (decay 0.999) from step 200,
+batch 64 with one D step per G/E step.
+"""
+
+import ml_collections
+
+from bbg_jax.configs import model_config, train_config
+from bbg_jax.data.config import data_config
+from bbg_jax.evaluation.config import eval_config
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    config.model = model_config(resolution=32, ch=16, z_dim=120)
+    config.model.image_channels = 1
+    e = config.model.encoder
+    e.width = 0.25  # stage channels 64/128/256/512; avepool_feat 512-d, bn_crelu_feat 1024-d
+    e.stage_depths = (1, 1, 1, 1)
+    e.mlp_depth = 2
+    e.mlp_width = 256
+    d = config.model.discriminator
+    d.mlp_depth = 2
+    d.mlp_width = 256
+
+    config.data = data_config("fashion_mnist", resolution=32, batch_size=64)
+    config.data.channels = 1
+    config.data.random_flip = True
+
+    t = config.train = train_config()
+    t.num_steps = 500  # ~16 min of training here; the learning curve ran 2000 (README)
+    t.n_d_steps = 1
+    t.lr_g = 2e-4
+    t.lr_d = 2e-4
+    t.ema_decay = 0.999
+    t.ema_start_step = 200
+    t.log_every = 50
+    t.checkpoint_every = 250
+    t.keep_every = 0
+    t.online_probe_classes = 10
+
+    # FID on 500 samples against the test split (the Inception runs at a few images/s on this
+    # CPU, see the README), the probe on all 50k training / 10k train_val / 10k test features.
+    ev = config.eval = eval_config(fid_num_samples=500)
+    ev.every_steps = 250
+    ev.evaluators = ("samples", "fid", "probe")
+    ev.fid_splits = ("eval",)
+    ev.batch_size = 100
+    ev.standing_batches = 10
+    ev.sheet_size = 32
+    return config

@@ -1,0 +1,75 @@
+"""Plot a run's learning curve (probe accuracy and FID against steps) from its periodic
+evaluations (WORKDIR/eval/step_*/report.json), and optionally the test accuracy of the report's
+baselines as horizontal lines.
+
+    .venv/bin/pip install -e '.[docs]'   # matplotlib: this figure only, never the library
+    .venv/bin/python scripts/plot_learning_curve.py WORKDIR docs/learning_curve.png \
+        [--baselines WORKDIR/report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load(workdir: str) -> list[dict]:
+    reports = []
+    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
+        with open(path) as f:
+            reports.append(json.load(f))
+    return sorted(reports, key=lambda r: r["step"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir")
+    parser.add_argument("out")
+    parser.add_argument("--baselines", help="a report.json whose baseline rows to draw")
+    args = parser.parse_args()
+    reports = load(args.workdir)
+    if not reports:
+        raise SystemExit(f"no evaluations under {args.workdir}/eval/step_*/report.json")
+    steps = [r["step"] for r in reports]
+    fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("probe_top1_avepool_test", "BigBiGAN avepool_feat"),
+                       ("probe_top1_bn_crelu_test", "BigBiGAN bn_crelu_feat")):
+        pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
+        if pts:
+            acc_ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+    if args.baselines:
+        with open(args.baselines) as f:
+            rows = json.load(f)["probe"]
+        for row, style in (("raw_pixels", ":"), ("random_encoder_avepool", "--"),
+                           ("random_encoder_bn_crelu", "-.")):
+            if row in rows:
+                acc_ax.axhline(rows[row]["top1_test"], color="gray", linestyle=style,
+                               label=f"{row.replace('_', ' ')} (baseline)")
+    acc_ax.set_xlabel("G/E step")
+    acc_ax.set_ylabel("linear probe top-1, test split")
+    acc_ax.legend(fontsize=7)
+    acc_ax.grid(alpha=0.3)
+    fid_keys = sorted({k for r in reports for k in r["metrics"] if k.startswith("fid_")})
+    for key in fid_keys:
+        pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
+        fid_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
+    fid_ax.set_xlabel("G/E step")
+    fid_ax.set_ylabel("FID")
+    fid_ax.legend(fontsize=7)
+    fid_ax.grid(alpha=0.3)
+    fig.suptitle(f"BigBiGAN on Fashion-MNIST: {os.path.basename(args.workdir.rstrip('/'))}, "
+                 f"steps {steps[0]}-{steps[-1]}")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
