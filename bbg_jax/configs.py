@@ -25,6 +25,9 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     # Self-attention through jax.nn.dot_product_attention ("dot_product": cuDNN's fused kernel
     # where eligible) or the explicit einsum/softmax ("einsum"); same parameters and maths.
     m.attention_impl = "dot_product"
+    # Networks whose residual blocks are rematerialised (recomputed in the backward pass):
+    # less activation memory for more compute; e.g. ("G", "E"). Same parameters and maths.
+    m.remat = ()
 
     m.generator = ml_collections.ConfigDict()
     g = m.generator

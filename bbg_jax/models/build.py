@@ -46,6 +46,10 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
     """Returns {"G": ..., "D": ...} plus "E" when the encoder is enabled."""
     m = config.model
     dtype = compute_dtype(m.dtype)
+    remat = tuple(m.get("remat", ()))
+    if not set(remat) <= {"G", "D", "E"}:
+        raise ValueError(f"model.remat={remat!r} names networks whose blocks are "
+                         "rematerialised: a subset of ('G', 'D', 'E').")
     attention_impl = m.get("attention_impl", "dot_product")
     if attention_impl not in layers.ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={attention_impl!r}; use one of "
@@ -57,7 +61,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             num_classes=g.num_classes, embed_dim=g.embed_dim, hierarchical_z=g.hierarchical_z,
             attention_resolutions=_attention(g.attention_resolutions), deep=g.deep,
             out_channels=m.image_channels, bn_eps=m.bn_eps, bn_momentum=g.bn_momentum,
-            sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl,
+            sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl, remat="G" in remat,
         )
     }
     if d.resolution != g.resolution:
@@ -67,7 +71,8 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
         )
     common_d = dict(resolution=d.resolution, ch=d.ch, deep=d.deep,
                     attention_resolutions=_attention(d.attention_resolutions),
-                    sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl)
+                    sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl,
+                    remat="D" in remat)
     if d.kind == "bigbigan":
         if not e.enabled:
             raise ValueError(
@@ -84,7 +89,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
         models["E"] = Encoder(
             trunk=e.trunk, width=e.width, z_dim=m.z_dim, mlp_depth=e.mlp_depth,
             mlp_width=e.mlp_width, stochastic=e.stochastic, bn_momentum=e.bn_momentum,
-            bn_eps=e.bn_eps, dtype=dtype,
+            bn_eps=e.bn_eps, dtype=dtype, remat="E" in remat,
             stage_depths=None if e.stage_depths is None else tuple(e.stage_depths),
         )
     return models

@@ -123,6 +123,7 @@ class DTrunk(nn.Module):
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -149,7 +150,8 @@ class DTrunk(nn.Module):
                               name="conv_in")(h, train)
             for i, c in enumerate(outs):
                 down = i % 2 == 0
-                h = DDeepBlock(c, down, self.sn_eps, self.dtype, name=f"block_{i}")(h, train)
+                block = layers.maybe_remat(DDeepBlock, self.remat, 2)
+                h = block(c, down, self.sn_eps, self.dtype, name=f"block_{i}")(h, train)
                 size //= 2 if down else 1
                 if not down and size in attention:
                     h = layers.SelfAttention(
@@ -159,8 +161,9 @@ class DTrunk(nn.Module):
         outs = [self.ch * m for m in mult]
         for i, c in enumerate(outs):
             down = i < len(outs) - 1  # the last block keeps its resolution
-            h = DBlock(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,
-                       name=f"block_{i}")(h, train)
+            block = layers.maybe_remat(DBlock, self.remat, 2)
+            h = block(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,
+                      name=f"block_{i}")(h, train)
             size //= 2 if down else 1
             if down and size in attention:
                 h = layers.SelfAttention(
@@ -184,12 +187,13 @@ class GANDiscriminator(nn.Module):
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, label: Array | None = None, train: bool = True
                  ) -> dict[str, Array]:
         feat = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                      self.sn_eps, self.dtype, self.attention_impl, name="F")(x, train)
+                      self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
         score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x")(feat, train)[:, 0]
         if self.num_classes > 0:
             if label is None:
@@ -219,6 +223,7 @@ class BigBiGANDiscriminator(nn.Module):
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
@@ -229,7 +234,7 @@ class BigBiGANDiscriminator(nn.Module):
             dtype=self.dtype, name=name)
         head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name)  # noqa: E731
         fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                    self.sn_eps, self.dtype, self.attention_impl, name="F")(x, train)
+                    self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
         hz = mlp("H")(z.astype(jnp.float32), train)
         jxz = mlp("J")(jnp.concatenate([fx.astype(self.dtype), hz], axis=-1), train)
         return {

@@ -176,6 +176,7 @@ class ResNetV2(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each unit's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -187,9 +188,8 @@ class ResNetV2(nn.Module):
         for s, n_units in enumerate(self.depths):
             for u in range(n_units):
                 strides = 2 if (s > 0 and u == 0) else 1
-                x = BottleneckV2(filters, strides, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(
-                    x, train
-                )
+                unit = layers.maybe_remat(BottleneckV2, self.remat, 2)
+                x = unit(filters, strides, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
             filters *= 2
         x = layers.BatchNorm(
             momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype, name="final_bn"
@@ -207,6 +207,7 @@ class RevNet(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each unit's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -221,7 +222,8 @@ class RevNet(nn.Module):
                 x = _pool_and_double_channels(x)
                 channels *= 2
             for u in range(n_units):
-                x = ReversibleUnit(channels, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
+                unit = layers.maybe_remat(ReversibleUnit, self.remat, 2)
+                x = unit(channels, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
         return layers.BatchNorm(
             momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype, name="final_bn"
         )(x, train)
@@ -249,6 +251,7 @@ class Encoder(nn.Module):
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each unit's activations in the backward pass
     # Units per stage, overriding the trunk's standard depths: for small CPU experiments and
     # tests (e.g. (1, 1, 1, 1)); None keeps ResNet/RevNet-50/101/152 as published.
     stage_depths: tuple[int, ...] | None = None
@@ -297,6 +300,7 @@ class Encoder(nn.Module):
             bn_momentum=self.bn_momentum,
             bn_eps=self.bn_eps,
             dtype=self.dtype,
+            remat=self.remat,
             name="trunk",
         )(x, train)
         # Pool in float32: a bfloat16 mean over 64 (or more) positions loses precision for nothing.

@@ -149,6 +149,7 @@ class Generator(nn.Module):
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
 
     def channel_plan(self) -> tuple[list[int], list[int]]:
         plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
@@ -212,12 +213,14 @@ class Generator(nn.Module):
         for i, (c_out, cond) in enumerate(zip(outs, conds, strict=True)):
             if self.deep:
                 up = i % 2 == 1
-                block = GDeepBlock(c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps,
-                                   self.dtype, name=f"block_{i}")
+                block = layers.maybe_remat(GDeepBlock, self.remat, 3)(
+                    c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+                    name=f"block_{i}")
             else:
                 up = True
-                block = GBlock(c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                               name=f"block_{i}")
+                block = layers.maybe_remat(GBlock, self.remat, 3)(
+                    c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+                    name=f"block_{i}")
             h = block(h, cond, train)
             size *= 2 if up else 1
             # Attention follows the (up-)block that reaches an attention resolution.

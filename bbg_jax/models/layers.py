@@ -237,6 +237,15 @@ class ConditionalBatchNorm(nn.Module):
 ATTENTION_IMPLS = ("dot_product", "einsum")
 
 
+def maybe_remat(block: type[nn.Module], enabled: bool, train_argnum: int) -> type[nn.Module]:
+    """``block`` rematerialised (activations recomputed in the backward pass) when enabled.
+
+    ``train_argnum`` is the position of the boolean ``train`` argument in ``__call__`` counting
+    ``self`` as 0: it must be static under ``jax.checkpoint``.
+    """
+    return nn.remat(block, static_argnums=(train_argnum,)) if enabled else block
+
+
 class SelfAttention(nn.Module):
     """SAGAN self-attention (the "non-local block" of BigGAN).
 
