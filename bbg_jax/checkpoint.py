@@ -68,12 +68,19 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+# Config keys added after checkpoints existed -> the value that means "as before".
+ADDED_KEYS = {"model.attention_impl": "dot_product", "model.remat": [], "model.bn_groups": 1}
+
+
 def config_differences(saved: dict, current: ml_collections.ConfigDict, section: str
                        ) -> list[str]:
     """Keys of ``section`` whose values differ between a saved config and the current one."""
     a = _flatten(saved.get(section, {}), f"{section}.")
     b = _flatten(json.loads(current.to_json()).get(section, {}), f"{section}.")
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    # A key added to the config after the checkpoint was written matches when the current
+    # value is the one that reproduces the older code's behaviour.
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                  and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k]))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,

@@ -28,6 +28,9 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     # Networks whose residual blocks are rematerialised (recomputed in the backward pass):
     # less activation memory for more compute; e.g. ("G", "E"). Same parameters and maths.
     m.remat = ()
+    # Batch norm in G and E over the whole global batch (1, cross-replica) or over this many
+    # consecutive slices of it (groups of devices when the batch is split over the mesh).
+    m.bn_groups = 1
 
     m.generator = ml_collections.ConfigDict()
     g = m.generator

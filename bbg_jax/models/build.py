@@ -62,6 +62,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             attention_resolutions=_attention(g.attention_resolutions), deep=g.deep,
             out_channels=m.image_channels, bn_eps=m.bn_eps, bn_momentum=g.bn_momentum,
             sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl, remat="G" in remat,
+            bn_groups=m.get("bn_groups", 1),
         )
     }
     if d.resolution != g.resolution:
@@ -89,7 +90,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
         models["E"] = Encoder(
             trunk=e.trunk, width=e.width, z_dim=m.z_dim, mlp_depth=e.mlp_depth,
             mlp_width=e.mlp_width, stochastic=e.stochastic, bn_momentum=e.bn_momentum,
-            bn_eps=e.bn_eps, dtype=dtype, remat="E" in remat,
+            bn_eps=e.bn_eps, dtype=dtype, remat="E" in remat, bn_groups=m.get("bn_groups", 1),
             stage_depths=None if e.stage_depths is None else tuple(e.stage_depths),
         )
     return models

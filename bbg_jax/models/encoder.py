@@ -97,6 +97,7 @@ class BottleneckV2(nn.Module):
     shortcut: bool = True
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_groups: int = 1
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -104,7 +105,8 @@ class BottleneckV2(nn.Module):
         if self.filters % 4:
             raise ValueError(f"BottleneckV2 filters must be divisible by 4, got {self.filters}.")
         bn = functools.partial(
-            layers.BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype
+            layers.BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
+            dtype=self.dtype
         )
         inner = self.filters // 4
         h = nn.relu(bn(name="bn_in")(x, train))
@@ -134,6 +136,7 @@ class ReversibleUnit(nn.Module):
     channels: int
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_groups: int = 1
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -146,6 +149,7 @@ class ReversibleUnit(nn.Module):
             shortcut=False,
             bn_momentum=self.bn_momentum,
             bn_eps=self.bn_eps,
+            bn_groups=self.bn_groups,
             dtype=self.dtype,
         )
 
@@ -175,12 +179,14 @@ class ResNetV2(nn.Module):
     width: float = 1
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
+        bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                     bn_groups=self.bn_groups, dtype=self.dtype)
         # v2 puts no BN/ReLU after the root conv: the first unit's pre-activation does it.
         x = _conv(int(64 * self.width), 7, 2, self.dtype, "root_conv")(x)
         x = _root_pool(x)
@@ -192,7 +198,8 @@ class ResNetV2(nn.Module):
                 x = unit(filters, strides, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
             filters *= 2
         x = layers.BatchNorm(
-            momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype, name="final_bn"
+            momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
+            dtype=self.dtype, name="final_bn"
         )(x, train)
         return nn.relu(x)
 
@@ -206,12 +213,14 @@ class RevNet(nn.Module):
     width: float = 1
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, dtype=self.dtype)
+        bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
+                     bn_groups=self.bn_groups, dtype=self.dtype)
         # Reversible units keep the channel count, so the root conv must already produce the
         # first stage's width.
         channels = int(256 * self.width)
@@ -225,7 +234,8 @@ class RevNet(nn.Module):
                 unit = layers.maybe_remat(ReversibleUnit, self.remat, 2)
                 x = unit(channels, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
         return layers.BatchNorm(
-            momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype, name="final_bn"
+            momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
+            dtype=self.dtype, name="final_bn"
         )(x, train)
 
 
@@ -250,6 +260,7 @@ class Encoder(nn.Module):
     stochastic: bool = True
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
+    bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
     # Units per stage, overriding the trunk's standard depths: for small CPU experiments and
@@ -299,6 +310,7 @@ class Encoder(nn.Module):
             width=self.width,
             bn_momentum=self.bn_momentum,
             bn_eps=self.bn_eps,
+            bn_groups=self.bn_groups,
             dtype=self.dtype,
             remat=self.remat,
             name="trunk",
@@ -313,6 +325,7 @@ class Encoder(nn.Module):
             use_bias=False,
             momentum=self.bn_momentum,
             eps=self.bn_eps,
+            groups=self.bn_groups,
             dtype=jnp.float32,
             name="feat_bn",
         )(avepool_feat, train)

@@ -66,11 +66,12 @@ class GBlock(nn.Module):
     bn_momentum: float
     sn_eps: float
     dtype: Any
+    bn_groups: int = 1
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
-            self.bn_momentum, self.bn_eps, dtype=self.dtype, name=name)
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
         conv = lambda k, name: layers.SNConv(  # noqa: E731
             self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         h = nn.relu(cbn("bn1")(x, cond, train))
@@ -92,6 +93,7 @@ class GDeepBlock(nn.Module):
     bn_momentum: float
     sn_eps: float
     dtype: Any
+    bn_groups: int = 1
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
@@ -100,7 +102,7 @@ class GDeepBlock(nn.Module):
             raise ValueError("A BigGAN-deep G block cannot increase the channel count.")
         mid = max(in_channels, self.out_channels) // 4
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
-            self.bn_momentum, self.bn_eps, dtype=self.dtype, name=name)
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
         conv = lambda f, k, name: layers.SNConv(  # noqa: E731
             f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         h = conv(mid, 1, "conv1")(nn.relu(cbn("bn1")(x, cond, train)), train)
@@ -150,6 +152,7 @@ class Generator(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
+    bn_groups: int = 1  # grouped batch norm (1 = over the whole global batch)
 
     def channel_plan(self) -> tuple[list[int], list[int]]:
         plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
@@ -215,12 +218,12 @@ class Generator(nn.Module):
                 up = i % 2 == 1
                 block = layers.maybe_remat(GDeepBlock, self.remat, 3)(
                     c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    name=f"block_{i}")
+                    bn_groups=self.bn_groups, name=f"block_{i}")
             else:
                 up = True
                 block = layers.maybe_remat(GBlock, self.remat, 3)(
                     c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    name=f"block_{i}")
+                    bn_groups=self.bn_groups, name=f"block_{i}")
             h = block(h, cond, train)
             size *= 2 if up else 1
             # Attention follows the (up-)block that reaches an attention resolution.
@@ -230,7 +233,8 @@ class Generator(nn.Module):
                     name=f"attention_{size}")(h, train)
         if size != self.resolution:
             raise AssertionError(f"channel plan reached {size}, not {self.resolution}")
-        h = layers.BatchNorm(momentum=self.bn_momentum, eps=self.bn_eps, dtype=self.dtype,
+        h = layers.BatchNorm(momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
+                             dtype=self.dtype,
                              name="bn_out")(h, train)
         h = layers.SNConv(self.out_channels, kernel_size=3, sn_eps=self.sn_eps, dtype=self.dtype,
                           name="conv_out")(nn.relu(h), train)

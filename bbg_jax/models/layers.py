@@ -168,22 +168,31 @@ class _Normalizer(nn.Module):
     momentum: float = 0.99
     eps: float = 1e-4
     axis_name: str | None = None
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         c = x.shape[-1]
         ra_mean = self.variable(BATCH_STATS, "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable(BATCH_STATS, "var", lambda: jnp.ones((c,), jnp.float32))
-        if train:
-            mean, var = batch_moments(x, self.axis_name)
-            if self.is_mutable_collection(BATCH_STATS) and not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * mean
-                ra_var.value = m * ra_var.value + (1 - m) * var
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        inv = jax.lax.rsqrt(var + self.eps)
-        return (x.astype(jnp.float32) - mean) * inv
+        if not train:
+            inv = jax.lax.rsqrt(ra_var.value + self.eps)
+            return (x.astype(jnp.float32) - ra_mean.value) * inv
+        n = x.shape[0]
+        if self.groups < 1 or n % self.groups:
+            raise ValueError(f"Batch norm groups={self.groups} must divide the batch ({n}): "
+                             "set model.bn_groups to a divisor of the global batch.")
+        # Grouped BN: consecutive slices of the (global) batch are normalised separately; with
+        # the batch split over the mesh, a group is a block of devices. groups=1: global BN.
+        xg = x.reshape(self.groups, n // self.groups, *x.shape[1:])
+        mean, var = jax.vmap(lambda t: batch_moments(t, self.axis_name))(xg)  # [groups, C]
+        if self.is_mutable_collection(BATCH_STATS) and not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, 0)
+            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, 0)
+        expand = (slice(None), None) + (None,) * (x.ndim - 2)
+        y = (xg.astype(jnp.float32) - mean[expand]) * jax.lax.rsqrt(var[expand] + self.eps)
+        return y.reshape(x.shape)
 
 
 class BatchNorm(nn.Module):
@@ -194,12 +203,14 @@ class BatchNorm(nn.Module):
     momentum: float = 0.99
     eps: float = 1e-4
     axis_name: str | None = None
+    groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         c = x.shape[-1]
-        y = _Normalizer(self.momentum, self.eps, self.axis_name, name="norm")(x, train)
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
+            x, train)
         if self.use_scale:
             y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         if self.use_bias:
@@ -219,12 +230,14 @@ class ConditionalBatchNorm(nn.Module):
     momentum: float = 0.99
     eps: float = 1e-4
     axis_name: str | None = None
+    groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool = True) -> Array:
         c = x.shape[-1]
-        y = _Normalizer(self.momentum, self.eps, self.axis_name, name="norm")(x, train)
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
+            x, train)
         dense = lambda name: nn.Dense(  # noqa: E731
             c, use_bias=False, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name=name
         )
