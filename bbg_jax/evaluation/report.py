@@ -7,7 +7,7 @@ Writes DIR/report.json (and prints its table) for a trained BigBiGAN checkpoint:
   (``avepool_feat`` and ``bn_crelu_feat``; its BN statistics re-estimated on training images so
   the baseline is not handicapped by uncalibrated normalisation), and BigBiGAN's ``avepool_feat``
   and ``bn_crelu_feat``: top-1/top-5 on train_val and on the evaluation split;
-* FID at the first and the last periodic evaluation (from DIR/eval/step_*/report.json);
+* FID at the first and the last periodic evaluation up to the step (DIR/eval/step_*/);
 * reconstruction class agreement: the BigBiGAN probe (the feature the train_val accuracy picks)
   classifies each evaluation image x and its reconstruction G(E(x)) (z_mean, the evaluated
   generator and BN mode); the fraction of equal predictions, and the reconstructions' accuracy
@@ -97,14 +97,14 @@ ROWS = {
 }
 
 
-def fid_first_last(workdir: str) -> dict:
-    """The FID metrics of the first and the last periodic evaluation that has one."""
+def fid_first_last(workdir: str, up_to: int | None = None) -> dict:
+    """The FID metrics of the first and the last periodic evaluation (at or before ``up_to``)."""
     found = []
     for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
         with open(path) as f:
             r = json.load(f)
         fids = {k: v for k, v in r["metrics"].items() if k.startswith("fid_")}
-        if fids:
+        if fids and (up_to is None or r["step"] <= up_to):
             found.append((r["step"], fids))
     if not found:
         return {}
@@ -192,7 +192,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
                            "learning_rate": settings.learning_rate,
                            "l2_grid": list(settings.l2_grid), "max_train": max_train,
                            "selected_on": "trainval", "test_split": config.data.eval_split},
-        "fid": fid_first_last(workdir),
+        "fid": fid_first_last(workdir, up_to=step),
         "reconstruction_class_agreement": recon,
         "chance": 1.0 / num_classes,
         "seed": config.train.seed,

@@ -25,11 +25,12 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     config.eval.probe_max_train = 64
     workdir = str(tmp_path)
     state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = state.replace(step=state.step + 4)  # as if trained 4 steps
     manager = checkpoint.make_manager(workdir, config)
     checkpoint.save(manager, state, config, {"data_batch": 0})
     manager.close()
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
-    for step, fid in ((2, 90.0), (4, 70.0)):  # periodic evaluations as the loop writes them
+    for step, fid in ((2, 90.0), (4, 70.0), (6, 50.0)):  # step 6 is after the checkpoint  # periodic evaluations as the loop writes them
         out = tmp_path / "eval" / f"step_{step}"
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps(
@@ -50,7 +51,7 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     # The fixed baselines' features are cached; the trained encoder's are not.
     cached = sorted(os.listdir(tmp_path / "features"))
     assert "pixels_eval.npz" in cached and any(c.startswith("random_encoder") for c in cached)
-    assert "step 0" in report.format_table(rep)
+    assert "step 4" in report.format_table(rep)
 
 
 def test_random_encoder_statistics_are_calibrated_on_data():
