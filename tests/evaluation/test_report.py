@@ -30,7 +30,7 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     checkpoint.save(manager, state, config, {"data_batch": 0})
     manager.close()
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
-    for step, fid in ((2, 90.0), (4, 70.0), (6, 50.0)):  # step 6 is after the checkpoint  # periodic evaluations as the loop writes them
+    for step, fid in ((2, 90.0), (4, 70.0), (6, 50.0)):  # as the loop writes them
         out = tmp_path / "eval" / f"step_{step}"
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps(
