@@ -112,9 +112,27 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
     return restored[_STATE], dict(restored[_DATA])
 
 
+def _with_sharding(abstract: Any) -> Any:
+    """Leaves without a sharding restore onto this process's first device.
+
+    Orbax otherwise takes the sharding saved in the checkpoint, which names the devices of the
+    run that wrote it: a checkpoint from a 2-device run would not load in a 1-device evaluation.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+        return x
+
+    return jax.tree_util.tree_map(leaf, abstract)
+
+
 def restore_state(workdir: str | Path, abstract_state: TrainState, step: int | None = None
                   ) -> TrainState:
-    """The train state of ``step`` (the latest when None) in ``<workdir>/checkpoints``."""
+    """The train state of ``step`` (the latest when None) in ``<workdir>/checkpoints``, on this
+    process's devices whatever the device count of the run that wrote it."""
+    abstract_state = _with_sharding(abstract_state)
     manager = ocp.CheckpointManager(checkpoint_dir(workdir), item_names=(_STATE, _CONFIG, _DATA))
     try:
         step = manager.latest_step() if step is None else step
@@ -140,7 +158,7 @@ def load_parameters(init_from: str, abstract_state: TrainState) -> TrainState:
         )
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state)}))
+            _STATE: ocp.args.StandardRestore(_with_sharding(abstract_state))}))
     except Exception as e:
         raise CheckpointMismatchError(
             f"config.train.init_from={init_from!r} (step {step}) does not match this model: {e}"

@@ -368,3 +368,17 @@ def test_einsum_weight_gradient_step_matches_xla():
         a = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(ref_state.params[name])])
         b = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(state.params[name])])
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 1e-4, name
+
+
+@pytest.mark.slow
+def test_checkpoint_of_a_two_device_run_evaluates_on_one_device(tmp_path):
+    rc, out = _main(tmp_path, "--config.train.num_steps=1", "--config.train.checkpoint_every=1",
+                    env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert rc == 0, out
+    from bbg_jax.evaluation import standalone
+
+    assert jax.device_count() == 1  # this process
+    state = standalone.restore(smoke(), str(tmp_path))
+    assert int(state.step) == 1
+    assert all(x.sharding.device_set == {jax.devices()[0]}
+               for x in jax.tree_util.tree_leaves(state.params))
