@@ -174,9 +174,11 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
             E, {"params": state.params["E"], **state.model_state["E"]},
             batches_fn(s, limits[s])), None),
     }
-    random_vars = random_encoder_variables(config, batches_fn("train", None), ev.seed + 100)
+    # One random initialisation per training seed, so the baseline row has its own seed spread.
+    random_seed = 1000 + config.train.seed
+    random_vars = random_encoder_variables(config, batches_fn("train", None), random_seed)
     features["random"] = split_features(lambda s: probe.encoder_features(
-        E, random_vars, batches_fn(s, limits[s])), f"random_encoder_seed{ev.seed + 100}")
+        E, random_vars, batches_fn(s, limits[s])), f"random_encoder_seed{random_seed}")
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
     settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size, ev.probe_learning_rate,
                                    tuple(ev.probe_l2_grid), ev.seed)
