@@ -180,6 +180,9 @@ def check(config_spec: str, args: argparse.Namespace) -> Report:
     from bbg_jax.configs import load_experiment
 
     config = load_experiment(config_spec)
+    # The check models an accelerator: simulated CPU devices stand in for GPUs, so compile XLA's
+    # convolution gradients (what "auto" picks there), not the CPU-only einsum path.
+    config.train.conv_weight_grad = "xla"
     _apply_overrides(config, args.set)
     devices = target_devices(args)
     n = len(devices)
