@@ -3,10 +3,12 @@
 Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps=N ...]
            (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
               after scripts/setup.sh)
-Hardware:  a 2-core CPU; the step's batch is split over simulated host devices
-           (bbg_jax.cpu_devices), which measured faster than one XLA:CPU device.
-Expected:  see the README's "Fashion-MNIST" section for the measured table (3 seeds), the
-           learning curve of a longer run and the sheets.
+Hardware:  a 2-core CPU: ~2.1 s per step, ~31 min end to end with evaluation and report
+           (README). The script splits the batch over 2 simulated host devices (XLA_FLAGS), and
+           train.conv_weight_grad=auto computes conv weight gradients as einsums on CPU.
+Expected:  at 500 steps (3 seeds) linear-probe test top-1 74.8 ± 1.5 % (bn_crelu_feat) against
+           71.5 % for the random-weight encoder and 84.2 % for raw pixels; FID-500 ~157 -> ~139
+           between steps 250 and 500 (README "Fashion-MNIST").
 
 The same code as the ImageNet configs — BigGAN-style G and D trunk F, residual-MLP H and J,
 stochastic ResNet-v2 encoder with the BigBiGAN head, the full objective — at 32 px (28 px padded
