@@ -125,10 +125,15 @@ class FIDEvaluator:
         head = self.ev.get("inception_logits_head")
         self.logits_head = metrics.load_logits_head(head) if head else None
 
-    def _stats(self, image_batches: Iterable[jax.Array]) -> tuple[np.ndarray, np.ndarray]:
+    def _stats(self, image_batches: Iterable[jax.Array], keep: list | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the batches' features; ``keep`` collects the features."""
         stats = metrics.FeatureStats(2048)
         for images in image_batches:
-            stats.update(np.asarray(self.features(images)))
+            f = np.asarray(self.features(images))
+            stats.update(f)
+            if keep is not None:
+                keep.append(f)
         return stats.mean_cov()
 
     def real_stats(self, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -154,19 +159,8 @@ class FIDEvaluator:
                                                                    n - i * ev.batch_size))
                 yield sample(z, y)
 
-        fake_features = []
-
-        def features_kept():
-            for images in fakes():
-                f = np.asarray(self.features(images))
-                if self.logits_head is not None:
-                    fake_features.append(f)
-                yield f
-
-        stats = metrics.FeatureStats(2048)
-        for f in features_kept():
-            stats.update(f)
-        mu, sigma = stats.mean_cov()
+        fake_features = [] if self.logits_head is not None else None
+        mu, sigma = self._stats(fakes(), keep=fake_features)
         tag = f"{metrics.count_name(n)}_{ev.generator}_{ev.bn_stats}"
         out = {f"fid_{tag}_{which}": metrics.frechet_distance(mu, sigma, *self.real_stats(which))
                for which in ev.fid_splits}
