@@ -125,6 +125,9 @@ def _set_platform(args: argparse.Namespace) -> None:
     else:
         # Compile-only TPU devices come from libtpu; no TPU backend needs to start.
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        # Any other JAX process on this machine (a training run, a test) has loaded libtpu
+        # too and holds its lockfile; a compile-only client may share it.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def _apply_overrides(config: Any, overrides: list[str]) -> None:
@@ -156,7 +159,9 @@ def target_devices(args: argparse.Namespace) -> list[Any]:
         raise SystemExit(
             f"Could not describe TPU topology {args.topology!r}: {e}\n"
             "Install the TPU compiler (pip install 'libtpu==<version jax pins>', see "
-            "pyproject's tpu extra) and check the name (e.g. v5p:4x4x4, v4:2x2x2).") from e
+            "pyproject's tpu extra) and check the name (e.g. v5p:4x4x4, v4:2x2x2). A "
+            "libtpu lockfile error means another process loaded libtpu without "
+            "ALLOW_MULTIPLE_LIBTPU_LOAD=1: stop it or set the variable.") from e
     return list(topo.devices)
 
 

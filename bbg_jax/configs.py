@@ -67,6 +67,10 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     e.bn_momentum = 0.9
     e.bn_eps = 1e-5
     e.stage_depths = ml_collections.FieldReference(None, field_type=tuple)
+    e.root = "imagenet"  # or "small": 3x3/1 root conv, no pool (28-32 px images)
+    # RevNet trunks: backprop by reconstructing each unit's input from its output, so that
+    # activation memory does not grow with depth (one more F evaluation per unit).
+    e.reversible_backprop = False
     return m
 
 

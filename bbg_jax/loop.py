@@ -10,6 +10,7 @@ check and the logs. A checkpoint is written only after its step's metrics were c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -205,7 +206,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         metrics = jax.device_get(metrics)
         _check_finite(step, metrics, last_checkpoint)
         if step % t.log_every == 0 or step == t.num_steps:
-            writer.write_scalars(step, {k: float(v) for k, v in metrics.items()})
+            scalars = {k: float(v) for k, v in metrics.items()}
+            writer.write_scalars(step, scalars)
+            if jax.process_index() == 0:
+                # The same scalars as one JSON line per step, to compare runs without TensorBoard.
+                with open(workdir_path / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, **scalars}) + "\n")
 
     def save(state):
         nonlocal last_checkpoint

@@ -33,6 +33,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.model = model_config(resolution=32, ch=16, z_dim=120)
     config.model.image_channels = 1
     e = config.model.encoder
+    # Small-image root (3x3/1 conv, no pool): stages see 32/16/8/4 px instead of 8/4/2/1.
+    e.root = "small"
     e.width = 0.25  # stage channels 64/128/256/512; avepool_feat 512-d, bn_crelu_feat 1024-d
     e.stage_depths = (1, 1, 1, 1)
     e.mlp_depth = 2

@@ -92,6 +92,8 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             mlp_width=e.mlp_width, stochastic=e.stochastic, bn_momentum=e.bn_momentum,
             bn_eps=e.bn_eps, dtype=dtype, remat="E" in remat, bn_groups=m.get("bn_groups", 1),
             stage_depths=None if e.stage_depths is None else tuple(e.stage_depths),
+            root=e.get("root", "imagenet"),
+            reversible_backprop=e.get("reversible_backprop", False),
         )
     return models
 

@@ -35,8 +35,11 @@ TRUNK_DEPTHS: dict[str, tuple[int, int, int, int]] = {
 }
 VALID_TRUNKS = tuple(TRUNK_DEPTHS)
 
-# The whole network downsamples by 2**5 (root conv, root pool, three strided stages).
-_TOTAL_STRIDE = 32
+# Roots: "imagenet" is the published 7x7/2 conv + 3x3/2 max-pool (the whole network then
+# downsamples by 2**5); "small" is the CIFAR-style 3x3/1 conv without a pool (2**3 in all), for
+# 28-32 px images, where the ImageNet root would leave an 8x8 map for the first stage.
+ROOTS = ("imagenet", "small")
+_TOTAL_STRIDE = {"imagenet": 32, "small": 8}
 
 _he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -64,6 +67,12 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str
         conv_general_dilated=conv_general_dilated,
         name=name,
     )
+
+
+def _root(x: Array, root: str, features: int, dtype: Dtype) -> Array:
+    if root == "small":
+        return _conv(features, 3, 1, dtype, "root_conv")(x)
+    return _root_pool(_conv(features, 7, 2, dtype, "root_conv")(x))
 
 
 def _root_pool(x: Array) -> Array:
@@ -172,11 +181,100 @@ class ReversibleUnit(nn.Module):
         return jnp.concatenate([x1, x2], axis=-1)
 
 
+class ReversibleStage(nn.Module):
+    """``depth`` reversible units (submodules ``unit1`` ...) applied in sequence; see
+    ``reversible_backprop`` for a backward pass that stores none of their activations."""
+
+    channels: int
+    depth: int
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    bn_groups: int = 1
+    dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each unit's activations in the backward pass
+
+    def unit_kwargs(self) -> dict:
+        return dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, bn_groups=self.bn_groups,
+                    dtype=self.dtype)
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        unit_cls = layers.maybe_remat(ReversibleUnit, self.remat, 2)
+        for u in range(self.depth):
+            x = unit_cls(self.channels, name=f"unit{u + 1}", **self.unit_kwargs())(x, train)
+        return x
+
+
+def reversible_backprop(stage: ReversibleStage, x: Array, train: bool) -> Array:
+    """``stage(x, train)`` whose backward pass stores none of the units' activations, not even
+    the tensors between units.
+
+    The backward pass starts from the stage's output and walks the units backwards, recovering
+    each unit's input from its output (as ``ReversibleUnit.inverse``) while it differentiates the
+    unit's F at that input: activation memory no longer grows with depth, for one more evaluation
+    of F per unit (Gomez et al., 2017). Gradients equal ordinary backprop's up to the rounding of
+    the reconstruction x1 = (x1 + F(x2)) - F(x2). Batch statistics are unaffected: in training F
+    normalises with the batch's own statistics, which the backward pass recomputes from the same
+    x2, and the forward pass alone updates the running averages.
+
+    The stage's input is kept as well (one tensor per stage): after ``_pool_and_double_channels``
+    the first unit's x2 has channels that are exactly zero, where F's batch norm returns exactly
+    its bias and the ReLU sits on its kink at initialisation; a reconstruction off by rounding
+    would flip that ReLU's derivative and give those channels gradients that ordinary backprop
+    gives as exact zeros.
+    """
+    if stage.is_initializing():
+        return stage(x, train)
+    channels, depth, kwargs = stage.channels, stage.depth, stage.unit_kwargs()
+
+    def forward(mdl, x):
+        return mdl(x, train)
+
+    def forward_with_residuals(mdl, x):
+        # Snapshot before the forward pass updates the running statistics: in evaluation mode F
+        # normalises with them, and the backward pass must see the values the forward used.
+        variables = mdl.variables
+        y = mdl(x, train)
+        return y, (x, y, variables)
+
+    def backward(residuals, g):
+        x_in, y, variables = residuals
+        half = channels // 2
+        residual_fn = BottleneckV2(half, shortcut=False, parent=None, **kwargs)
+        params_t = {}
+        for u in reversed(range(depth)):
+            name = f"unit{u + 1}"
+            state = {c: v[name]["residual"] for c, v in variables.items() if c != "params"}
+
+            def f(params, x2, state=state):
+                out = residual_fn.apply({"params": params, **state}, x2, train,
+                                        mutable=list(state) if train else False)
+                return out[0] if train else out
+
+            # The unit maps (x1, x2) to (x2, y1) with y1 = x1 + F(x2).
+            x2, y1 = (x_in[..., half:] if u == 0 else y[..., :half]), y[..., half:]
+            f_x2, f_vjp = jax.vjp(f, variables["params"][name]["residual"], x2)
+            x1 = y1 - f_x2.astype(y1.dtype)
+            g_x2, g_y1 = g[..., :half], g[..., half:]
+            g_params, g_x2_through_f = f_vjp(g_y1.astype(f_x2.dtype))
+            params_t[name] = {"residual": g_params}
+            g = jnp.concatenate([g_y1, g_x2 + g_x2_through_f.astype(g_x2.dtype)], axis=-1)
+            y = jnp.concatenate([x1, x2], axis=-1)
+            # Without the barrier XLA may run the whole reconstruction chain first and keep
+            # every unit's F residuals alive until the gradient chain reaches them.
+            g, y = jax.lax.optimization_barrier((g, y))
+        return {"params": params_t}, g
+
+    return nn.custom_vjp(forward, forward_with_residuals, backward)(stage, x)
+
+
 class ResNetV2(nn.Module):
-    """ResNet-v2 trunk: 7x7/2 root conv, 3x3/2 max-pool, four bottleneck stages, final BN-ReLU."""
+    """ResNet-v2 trunk: 7x7/2 root conv, 3x3/2 max-pool (or the small root), four bottleneck
+    stages, final BN-ReLU."""
 
     depths: tuple[int, ...]
     width: float = 1
+    root: str = "imagenet"
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     bn_groups: int = 1
@@ -188,8 +286,7 @@ class ResNetV2(nn.Module):
         bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
                      bn_groups=self.bn_groups, dtype=self.dtype)
         # v2 puts no BN/ReLU after the root conv: the first unit's pre-activation does it.
-        x = _conv(int(64 * self.width), 7, 2, self.dtype, "root_conv")(x)
-        x = _root_pool(x)
+        x = _root(x, self.root, int(64 * self.width), self.dtype)
         filters = int(256 * self.width)
         for s, n_units in enumerate(self.depths):
             for u in range(n_units):
@@ -211,11 +308,13 @@ class RevNet(nn.Module):
 
     depths: tuple[int, ...]
     width: float = 1
+    root: str = "imagenet"
     bn_momentum: float = 0.9
     bn_eps: float = 1e-5
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
+    reversible_backprop: bool = False  # see ReversibleStage
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -224,15 +323,15 @@ class RevNet(nn.Module):
         # Reversible units keep the channel count, so the root conv must already produce the
         # first stage's width.
         channels = int(256 * self.width)
-        x = _conv(channels, 7, 2, self.dtype, "root_conv")(x)
-        x = _root_pool(x)
+        x = _root(x, self.root, channels, self.dtype)
         for s, n_units in enumerate(self.depths):
             if s > 0:
                 x = _pool_and_double_channels(x)
                 channels *= 2
-            for u in range(n_units):
-                unit = layers.maybe_remat(ReversibleUnit, self.remat, 2)
-                x = unit(channels, name=f"stage{s + 1}_unit{u + 1}", **bn_kw)(x, train)
+            stage = ReversibleStage(channels, n_units, remat=self.remat,
+                                    name=f"stage{s + 1}", **bn_kw)
+            x = (reversible_backprop(stage, x, train) if self.reversible_backprop
+                 else stage(x, train))
         return layers.BatchNorm(
             momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
             dtype=self.dtype, name="final_bn"
@@ -243,8 +342,9 @@ class Encoder(nn.Module):
     """BigBiGAN encoder: trunk (submodule ``trunk``) + head producing a diagonal Gaussian over z.
 
     ``__call__(x, train, noise)`` takes NHWC images in [-1, 1] whose height and width are
-    multiples of 32 and returns float32 ``avepool_feat`` (N, 2048*width), ``bn_crelu_feat``
-    (N, 4096*width), ``z_mean``, ``z_stdev`` and ``z_sample`` (N, z_dim).
+    multiples of 32 (8 with ``root="small"``) and returns float32 ``avepool_feat``
+    (N, 2048*width), ``bn_crelu_feat`` (N, 4096*width), ``z_mean``, ``z_stdev`` and
+    ``z_sample`` (N, z_dim).
 
     Stochastic mode samples z = mu + softplus(s) * eps with eps the ``noise`` argument or, if
     absent, drawn from the ``noise`` rng stream. Deterministic mode (``stochastic=False``, the
@@ -266,12 +366,18 @@ class Encoder(nn.Module):
     # Units per stage, overriding the trunk's standard depths: for small CPU experiments and
     # tests (e.g. (1, 1, 1, 1)); None keeps ResNet/RevNet-50/101/152 as published.
     stage_depths: tuple[int, ...] | None = None
+    root: str = "imagenet"  # see ROOTS
+    # RevNet only: backward pass by reconstruction instead of stored activations.
+    reversible_backprop: bool = False
 
     def _check_config(self) -> None:
         if self.trunk not in TRUNK_DEPTHS:
             raise ValueError(
                 f"Unknown encoder trunk {self.trunk!r}; valid trunks: {', '.join(VALID_TRUNKS)}."
             )
+        if self.root not in ROOTS:
+            raise ValueError(f"Unknown encoder root {self.root!r}; valid roots: "
+                             f"{', '.join(ROOTS)}.")
         # Fractional widths (0.5: the paper's "Small E (32)") must give whole channel counts.
         if not (self.width > 0 and float(64 * self.width).is_integer()):
             raise ValueError(f"Encoder width must make 64 x width a positive integer, "
@@ -289,10 +395,11 @@ class Encoder(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"Encoder expects NHWC images, got shape {x.shape}.")
         _, h, w, _ = x.shape
-        if h % _TOTAL_STRIDE or w % _TOTAL_STRIDE:
+        stride = _TOTAL_STRIDE[self.root]
+        if h % stride or w % stride:
             raise ValueError(
-                f"Encoder input height and width must be multiples of {_TOTAL_STRIDE}, "
-                f"got {h}x{w}."
+                f"Encoder input height and width must be multiples of {stride} with the "
+                f"{self.root!r} root, got {h}x{w}."
             )
 
     @nn.compact
@@ -301,7 +408,12 @@ class Encoder(nn.Module):
     ) -> dict[str, Array]:
         self._check_config()
         self._check_input(x)
-        trunk_cls = RevNet if self.trunk.startswith("revnet") else ResNetV2
+        reversible = self.trunk.startswith("revnet")
+        if self.reversible_backprop and not reversible:
+            raise ValueError(f"Encoder reversible_backprop needs a RevNet trunk, got "
+                             f"{self.trunk!r}: set trunk='revnet50' or reversible_backprop=False.")
+        trunk_cls = RevNet if reversible else ResNetV2
+        trunk_kw = {"reversible_backprop": self.reversible_backprop} if reversible else {}
         depths = TRUNK_DEPTHS[self.trunk] if self.stage_depths is None else self.stage_depths
         if len(depths) != 4 or min(depths) < 1:
             raise ValueError(f"Encoder stage_depths needs 4 positive counts, got {depths}.")
@@ -313,7 +425,9 @@ class Encoder(nn.Module):
             bn_groups=self.bn_groups,
             dtype=self.dtype,
             remat=self.remat,
+            root=self.root,
             name="trunk",
+            **trunk_kw,
         )(x, train)
         # Pool in float32: a bfloat16 mean over 64 (or more) positions loses precision for nothing.
         avepool_feat = jnp.mean(h.astype(jnp.float32), axis=(1, 2))

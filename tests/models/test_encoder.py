@@ -117,6 +117,34 @@ def test_single_channel_input_and_other_resolutions():
         assert out["z_sample"].shape == (2, Z_DIM)
 
 
+@pytest.mark.parametrize("trunk", ["resnet50", "revnet50"])
+def test_small_root_keeps_resolution_for_small_images(trunk):
+    """The "small" root (3x3/1 conv, no pool) downsamples by 8 in all: a 32 px image leaves a
+    4x4 map for the last stage, where the ImageNet root leaves 1x1. Only the root kernel's
+    shape (and so the parameter count) differs between the two roots."""
+    shape = (2, 32, 32, 1)
+    small, published = tiny(trunk, root="small"), tiny(trunk)
+    v_small, v_pub = abstract_variables(small, shape), abstract_variables(published, shape)
+    k_small = v_small["params"]["trunk"]["root_conv"]["kernel"].shape
+    k_pub = v_pub["params"]["trunk"]["root_conv"]["kernel"].shape
+    assert k_small[:2] == (3, 3) and k_pub[:2] == (7, 7) and k_small[2:] == k_pub[2:]
+    assert (n_params(v_pub["params"]) - n_params(v_small["params"])
+            == (49 - 9) * k_pub[2] * k_pub[3])
+    last_stage = {}
+    for name, model, v in (("small", small, v_small), ("imagenet", published, v_pub)):
+        _, inter = jax.eval_shape(lambda v, m=model: m.apply(
+            v, jnp.zeros(shape), train=False, noise=jnp.zeros((2, Z_DIM)),
+            capture_intermediates=lambda mdl, _: mdl.name == "final_bn",
+            mutable=["intermediates"]), v)
+        last_stage[name] = jax.tree_util.tree_leaves(inter)[0].shape
+    assert last_stage["small"][1:3] == (4, 4) and last_stage["imagenet"][1:3] == (1, 1)
+    # Inputs need only be multiples of 8.
+    jax.eval_shape(lambda v: small.apply(v, jnp.zeros((2, 24, 40, 1)), train=False,
+                                         noise=jnp.zeros((2, Z_DIM))), v_small)
+    with pytest.raises(ValueError, match="multiples of 8 with the 'small' root"):
+        abstract_variables(small, (2, 28, 28, 1))
+
+
 # ---------------------------------------------------------------- configuration errors
 
 @pytest.mark.parametrize(
@@ -127,6 +155,7 @@ def test_single_channel_input_and_other_resolutions():
         ({"z_dim": -1}, "z_dim"),
         ({"mlp_depth": 0}, "mlp_depth"),
         ({"bn_momentum": 1.0}, "bn_momentum"),
+        ({"root": "cifar"}, "valid roots: imagenet, small"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -1,0 +1,95 @@
+"""Compare training runs side by side: their logged losses (WORKDIR/metrics.jsonl), averaged
+over windows of steps, and their periodic evaluations (WORKDIR/eval/step_*/report.json).
+
+    .venv/bin/python scripts/compare_runs.py WORKDIR_A WORKDIR_B [...] [--window 100]
+        [--keys loss_d,loss_ge] [--json]
+
+Used for the bf16-against-fp32 evidence in the README: the same config and seed, one run with
+model.dtype=bfloat16. A resumed run may log a step twice; the later line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import numpy as np
+
+DEFAULT_KEYS = ("loss_d", "loss_ge", "online_probe_accuracy")
+
+
+def load_metrics(workdir: str) -> dict[int, dict[str, float]]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} does not exist: train with this version of bbg_jax.loop "
+                         "(it writes one JSON line per logged step).")
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            rows[int(row.pop("step"))] = row
+    return rows
+
+
+def load_evals(workdir: str) -> dict[int, dict[str, float]]:
+    out = {}
+    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
+        with open(path) as f:
+            report = json.load(f)
+        out[int(report["step"])] = {k: v for k, v in report.get("metrics", report).items()
+                                    if isinstance(v, (int, float)) and k != "step"}
+    return out
+
+
+def windows(rows: dict[int, dict[str, float]], key: str, window: int) -> dict[int, float]:
+    """{window end step: mean of ``key`` over the logged steps in (end - window, end]}."""
+    by_window: dict[int, list[float]] = {}
+    for step, row in rows.items():
+        if key in row:
+            end = -(-step // window) * window
+            by_window.setdefault(end, []).append(row[key])
+    return {end: float(np.mean(v)) for end, v in sorted(by_window.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdirs", nargs="+")
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--keys", default=",".join(DEFAULT_KEYS))
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args()
+    runs = {w: load_metrics(w) for w in args.workdirs}
+    keys = [k for k in args.keys.split(",") if any(k in r for rows in runs.values()
+                                                     for r in rows.values())]
+    table = {k: {w: windows(rows, k, args.window) for w, rows in runs.items()} for k in keys}
+    evals = {w: load_evals(w) for w in args.workdirs}
+    if args.json:
+        print(json.dumps({"window": args.window, "losses": table, "evals": evals}))
+        return
+    names = [os.path.basename(os.path.normpath(w)) for w in args.workdirs]
+    for key in keys:
+        print(f"\n{key} (mean over {args.window}-step windows)")
+        print("| steps | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        ends = sorted({e for w in args.workdirs for e in table[key][w]})
+        for end in ends:
+            cells = [f"{table[key][w][end]:.4f}" if end in table[key][w] else ""
+                     for w in args.workdirs]
+            print(f"| {max(end - args.window + 1, 1)}-{end} | " + " | ".join(cells) + " |")
+    eval_keys = sorted({k for e in evals.values() for m in e.values() for k in m})
+    if eval_keys:
+        print("\nevaluations")
+        print("| step | metric | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for step in sorted({s for e in evals.values() for s in e}):
+            for k in eval_keys:
+                cells = [f"{evals[w][step][k]:.4f}" if k in evals[w].get(step, {}) else ""
+                         for w in args.workdirs]
+                if any(cells):
+                    print(f"| {step} | {k} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
