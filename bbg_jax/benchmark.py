@@ -6,7 +6,8 @@
 Prints a table and one JSON line per run: compile time; median and spread of the step time over
 ``--steps`` steps after warm-up; images/s; the compiled step's FLOPs (XLA cost analysis) beside
 the analytic count (``bbg_jax.flops``); achieved FLOP/s and its fraction of the platform's peak;
-peak device memory where the platform reports it. ``--pieces`` also times G/E/D forward passes,
+peak device memory where the platform reports it, and XLA's compiled temporary and argument
+bytes per device on every platform. ``--pieces`` also times G/E/D forward passes,
 the D update, the G/E update, the spectral-norm power iterations and self-attention.
 """
 
@@ -30,7 +31,8 @@ from bbg_jax.train_state import create_train_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step; 0 = compile "
+                              "only (memory and FLOPs, no timing).")
 _PIECES = flags.DEFINE_bool("pieces", False, "Also time the step's parts.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
 
@@ -92,27 +94,37 @@ def benchmark_step(config, steps: int) -> dict[str, Any]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", 0.0)) * mesh.devices.size  # cost is per device
+    # XLA's buffer assignment for one device: where remat, reversible backprop or grouped BN
+    # change memory, this shows it on every platform (peak_memory_bytes needs an accelerator).
+    mem = compiled.memory_analysis()
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = compiled(holder["state"], batch)
         return metrics
 
-    _, times = time_fn(run, steps)
-    stats = summary(times)
     analytic = flops.train_step_flops(config, batch_size)
     device = jax.devices()[0]
     peak = platform_peak(device, config.model.dtype)
-    achieved = analytic / stats["median_s"]
+    if steps > 0:
+        _, times = time_fn(run, steps)
+        stats = summary(times)
+        achieved = analytic / stats["median_s"]
+    else:  # --steps 0: compile only (memory and FLOPs of configs too slow to run here)
+        stats = {"median_s": None, "p10_s": None, "p90_s": None}
+        achieved = None
     return {
         "what": "train_step", "device": device.device_kind, "devices": mesh.devices.size,
         "dtype": config.model.dtype, "batch": batch_size, "n_d_steps": config.train.n_d_steps,
         "compile_s": compile_s, **stats,
-        "images_per_s": batch_size / stats["median_s"],
+        "images_per_s": None if achieved is None else batch_size / stats["median_s"],
         "xla_flops": xla_flops, "analytic_flops": analytic,
         "achieved_flop_per_s": achieved,
-        "fraction_of_peak": None if peak is None else achieved / (peak * mesh.devices.size),
+        "fraction_of_peak": (None if peak is None or achieved is None
+                             else achieved / (peak * mesh.devices.size)),
         "peak_memory_bytes": peak_memory(device),
+        "compiled_temp_bytes": None if mem is None else int(mem.temp_size_in_bytes),
+        "compiled_argument_bytes": None if mem is None else int(mem.argument_size_in_bytes),
     }
 
 
@@ -175,6 +187,8 @@ def main(argv):
     if _DTYPE.value:
         config.model.dtype = _DTYPE.value
     config.data.dataset = "synthetic"  # the harness never reads files or imports TensorFlow
+    if _STEPS.value < 0 or (_PIECES.value and _STEPS.value == 0):
+        raise app.UsageError("--steps must be >= 0, and >= 1 with --pieces (pieces are timed).")
     rows = [benchmark_step(config, _STEPS.value)]
     if _PIECES.value:
         rows += benchmark_pieces(config, _STEPS.value)

@@ -2,7 +2,7 @@
 over windows of steps, and their periodic evaluations (WORKDIR/eval/step_*/report.json).
 
     .venv/bin/python scripts/compare_runs.py WORKDIR_A WORKDIR_B [...] [--window 100]
-        [--keys loss_d,loss_ge] [--json]
+        [--keys d_loss,g_loss] [--json]
 
 Used for the bf16-against-fp32 evidence in the README: the same config and seed, one run with
 model.dtype=bfloat16. A resumed run may log a step twice; the later line wins.
@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-DEFAULT_KEYS = ("loss_d", "loss_ge", "online_probe_accuracy")
+DEFAULT_KEYS = ("d_loss", "g_loss", "e_loss", "online_probe_top1_train")
 
 
 def load_metrics(workdir: str) -> dict[int, dict[str, float]]:
