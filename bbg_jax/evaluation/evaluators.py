@@ -7,8 +7,10 @@ sheets. The same objects run periodically inside training and standalone on a ch
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
@@ -20,6 +22,8 @@ import numpy as np
 from bbg_jax.evaluation import generation, metrics, probe, sheets
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.models import build_models
+
+log = logging.getLogger(__name__)
 
 Metrics = dict[str, float]
 Images = dict[str, np.ndarray]
@@ -220,7 +224,9 @@ def run_all(evaluators: Iterable[Evaluator], state) -> tuple[Metrics, Images]:
     all_metrics: Metrics = {}
     all_images: Images = {}
     for evaluator in evaluators:
+        start = time.perf_counter()
         m, im = evaluator.run(state)
         all_metrics.update(m)
         all_images.update(im)
+        log.info("Evaluator %s took %.1f s.", evaluator.name, time.perf_counter() - start)
     return all_metrics, all_images

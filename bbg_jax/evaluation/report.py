@@ -164,29 +164,41 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     limits = {"train": max_train, "trainval": None, "eval": None}
     E = build_models(config)["E"]
 
+    seconds: dict[str, float] = {}  # where the report's time goes, kept in report.json
+
+    def timed(name, fn):
+        start = time.time()
+        out = fn()
+        seconds[name] = round(time.time() - start, 1)
+        return out
+
     def split_features(compute, name):
         return {s: probe.cached(None if name is None else os.path.join(
             workdir, "features", f"{name}_{s}.npz"), lambda s=s: compute(s)) for s in SPLITS}
 
     features = {
-        "pixels": split_features(lambda s: pixel_features(batches_fn(s, limits[s])), "pixels"),
-        "trained": split_features(lambda s: probe.encoder_features(
-            E, {"params": state.params["E"], **state.model_state["E"]},
-            batches_fn(s, limits[s])), None),
+        "pixels": timed("pixel_features", lambda: split_features(
+            lambda s: pixel_features(batches_fn(s, limits[s])), "pixels")),
+        "trained": timed("trained_features", lambda: split_features(
+            lambda s: probe.encoder_features(
+                E, {"params": state.params["E"], **state.model_state["E"]},
+                batches_fn(s, limits[s])), None)),
     }
     # One random initialisation per training seed, so the baseline row has its own seed spread.
     random_seed = 1000 + config.train.seed
-    random_vars = random_encoder_variables(config, batches_fn("train", None), random_seed)
-    features["random"] = split_features(lambda s: probe.encoder_features(
-        E, random_vars, batches_fn(s, limits[s])), f"random_encoder_seed{random_seed}")
+    random_vars = timed("random_encoder_calibration", lambda: random_encoder_variables(
+        config, batches_fn("train", None), random_seed))
+    features["random"] = timed("random_features", lambda: split_features(
+        lambda s: probe.encoder_features(E, random_vars, batches_fn(s, limits[s])),
+        f"random_encoder_seed{random_seed}"))
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
     settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size, ev.probe_learning_rate,
                                    tuple(ev.probe_l2_grid), ev.seed)
-    rows, fitted = probe_table(features, num_classes, settings)
+    rows, fitted = timed("probes", lambda: probe_table(features, num_classes, settings))
 
     best = max(("bigbigan_avepool", "bigbigan_bn_crelu"), key=lambda r: rows[r]["top1_trainval"])
-    recon = reconstruction_agreement(config, state, fitted[best], ROWS[best][1],
-                                     batches_fn("eval", None))
+    recon = timed("reconstruction_agreement", lambda: reconstruction_agreement(
+        config, state, fitted[best], ROWS[best][1], batches_fn("eval", None)))
     report = {
         "step": step,
         "probe": rows,
@@ -199,6 +211,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         "chance": 1.0 / num_classes,
         "seed": config.train.seed,
         "seconds": round(time.time() - t0, 1),
+        "seconds_by_part": seconds,
     }
     path = os.path.join(workdir, "report.json")
     with open(path + ".tmp", "w") as f:

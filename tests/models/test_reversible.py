@@ -1,4 +1,4 @@
-"""RevNet's reversible backprop: the gradients of ordinary backprop, without its activation memory."""
+"""RevNet reversible backprop: ordinary backprop's gradients without its activation memory."""
 
 import flax.linen as nn
 import jax
