@@ -29,12 +29,18 @@ from bbg_jax.models import build_models, init_variables
 from bbg_jax.train import jit_train_step, make_step_functions
 from bbg_jax.train_state import create_train_state
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-_BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step; 0 = compile "
-                              "only (memory and FLOPs, no timing).")
-_PIECES = flags.DEFINE_bool("pieces", False, "Also time the step's parts.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program: this module's functions are
+    imported by tests and notebooks, where a second absl ``--config`` flag would collide."""
+    global _CONFIG, _BATCH, _STEPS, _PIECES, _DTYPE
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    _BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's).")
+    _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step; 0 = compile "
+                                  "only (memory and FLOPs, no timing).")
+    _PIECES = flags.DEFINE_bool("pieces", False, "Also time the step's parts.")
+    _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
+
 
 # Dense peak FLOP/s per chip, (bf16, fp32). fp32 on NVIDIA is the non-tensor-core rate
 # (TF32 tensor cores give 494/378 TFLOP/s on H100/A100 dense).
@@ -201,5 +207,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["config"])
     app.run(main)
