@@ -1,6 +1,7 @@
 """The training step and loop: gradient routing, device-count invariance, exact resume,
 preemption and non-finite handling. Everything runs the tiny smoke config on synthetic data."""
 
+import json
 import os
 import signal
 import subprocess
@@ -209,6 +210,16 @@ def uninterrupted(tmp_path_factory):
     rc, out = _main(workdir)
     assert rc == 0, out
     return workdir
+
+
+@pytest.mark.slow
+def test_metrics_jsonl_has_one_line_per_logged_step(uninterrupted):
+    lines = (Path(uninterrupted) / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["step"] for r in rows] == list(range(1, 7))  # smoke: log_every 1, 6 steps
+    for r in rows:
+        assert {"d_loss", "g_loss", "e_loss"} <= set(r)
+        assert all(np.isfinite(v) for v in r.values())
 
 
 @pytest.mark.slow
