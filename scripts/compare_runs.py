@@ -11,11 +11,12 @@ model.dtype=bfloat16. A resumed run may log a step twice; the later line wins.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 
 import numpy as np
+
+from bbg_jax.evaluation import standalone
 
 DEFAULT_KEYS = ("d_loss", "g_loss", "e_loss", "online_probe_top1_train")
 
@@ -34,13 +35,8 @@ def load_metrics(workdir: str) -> dict[int, dict[str, float]]:
 
 
 def load_evals(workdir: str) -> dict[int, dict[str, float]]:
-    out = {}
-    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
-        with open(path) as f:
-            report = json.load(f)
-        out[int(report["step"])] = {k: v for k, v in report.get("metrics", report).items()
-                                    if isinstance(v, (int, float)) and k != "step"}
-    return out
+    return {r["step"]: {k: v for k, v in r["metrics"].items() if isinstance(v, (int, float))}
+            for r in standalone.periodic_reports(workdir)}
 
 
 def windows(rows: dict[int, dict[str, float]], key: str, window: int) -> dict[int, float]:

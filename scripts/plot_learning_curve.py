@@ -10,7 +10,6 @@ baselines as horizontal lines.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 
@@ -19,13 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def load(workdir: str) -> list[dict]:
-    reports = []
-    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
-        with open(path) as f:
-            reports.append(json.load(f))
-    return sorted(reports, key=lambda r: r["step"])
+from bbg_jax.evaluation import standalone  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +27,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--baselines", help="a report.json whose baseline rows to draw")
     args = parser.parse_args()
-    reports = load(args.workdir)
+    reports = standalone.periodic_reports(args.workdir)
     if not reports:
         raise SystemExit(f"no evaluations under {args.workdir}/eval/step_*/report.json")
     steps = [r["step"] for r in reports]

@@ -19,7 +19,6 @@ change between steps); the trained encoder's features are extracted afresh for t
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
@@ -100,15 +99,12 @@ ROWS = {
 def fid_first_last(workdir: str, up_to: int | None = None) -> dict:
     """The FID metrics of the first and the last periodic evaluation (at or before ``up_to``)."""
     found = []
-    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
-        with open(path) as f:
-            r = json.load(f)
+    for r in standalone.periodic_reports(workdir):
         fids = {k: v for k, v in r["metrics"].items() if k.startswith("fid_")}
         if fids and (up_to is None or r["step"] <= up_to):
             found.append((r["step"], fids))
     if not found:
         return {}
-    found.sort(key=lambda s: s[0])
     (s0, f0), (s1, f1) = found[0], found[-1]
     return {"first": {"step": s0, **f0}, "last": {"step": s1, **f1},
             "all": {str(s): f for s, f in found}}

@@ -6,6 +6,7 @@ and updates WORKDIR/eval/best_probe.json when the train_val probe accuracy impro
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -45,6 +46,15 @@ def write_outputs(workdir: str, step: int, metrics: dict, images: dict, provenan
     with open(path, "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     return path
+
+
+def periodic_reports(workdir: str) -> list[dict]:
+    """Every WORKDIR/eval/step_*/report.json that ``write_outputs`` wrote, in step order."""
+    reports = []
+    for path in glob.glob(os.path.join(workdir, "eval", "step_*", "report.json")):
+        with open(path) as f:
+            reports.append(json.load(f))
+    return sorted(reports, key=lambda r: r["step"])
 
 
 def record_best_probe(workdir: str, step: int, metrics: dict, keep_checkpoint: bool = True
