@@ -82,6 +82,51 @@ TABLE_HEADER = (
 )
 
 
+# The paper configurations of the README table and the topology each is checked on. The base
+# row of Table 1 is experiments/bigbigan_imagenet128.py itself, so table1.py:base is not repeated.
+PAPER_TOPOLOGY = "v5p:2x4x4"  # a v5p-64 slice: 32 chips, 64 images each at batch 2048
+
+
+def paper_rows(experiments_dir: str = "experiments") -> list[tuple[str, str]]:
+    """(config spec, topology) for every paper configuration, in the README table's order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("table1", os.path.join(experiments_dir,
+                                                                         "table1.py"))
+    table1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table1)
+    e = experiments_dir
+    rows = [(f"{e}/bigbigan_imagenet128.py", PAPER_TOPOLOGY),
+            (f"{e}/final_resnet50.py", PAPER_TOPOLOGY),
+            # 256 px E and RevNet-50 x4: the slice the released model's batch fits on.
+            (f"{e}/final_revnet50x4.py", "v5p:4x4x4"),
+            (f"{e}/biggan_imagenet128.py", PAPER_TOPOLOGY),
+            (f"{e}/biggan_uncond_imagenet128.py", PAPER_TOPOLOGY)]
+    rows += [(f"{e}/table1.py:{v}", PAPER_TOPOLOGY) for v in table1.VARIANTS if v != "base"]
+    return rows
+
+
+def row_filename(config_spec: str, topology: str) -> str:
+    """The JSON file name of one row: experiments/table1.py:revnet, v5p:2x4x4 ->
+    table1.revnet.v5p_2x4x4.json."""
+    name = os.path.basename(config_spec).replace(".py", "").replace(":", ".")
+    return f"{name}.{topology.replace(':', '_')}.json"
+
+
+def render_table(json_dir: str, experiments_dir: str = "experiments") -> str:
+    """The README's markdown table from the compile check's JSON reports in ``json_dir``; rows
+    not compiled yet say so rather than being left out."""
+    lines = [TABLE_HEADER]
+    for config_spec, topology in paper_rows(experiments_dir):
+        path = os.path.join(json_dir, row_filename(config_spec, topology))
+        if os.path.exists(path):
+            with open(path) as f:
+                lines.append(Report(**json.load(f)).table_row())
+        else:
+            lines.append(f"| `{config_spec}` | {topology} | not compiled yet | | | |")
+    return "\n".join(lines)
+
+
 def analytic_step_flops(config: Any) -> float:
     """The analytic count of one train step (``bbg_jax.flops``: shapes of every convolution and
     matmul, backward = 2 x forward, D's input-only backward in the G/E update = 1 x forward)."""

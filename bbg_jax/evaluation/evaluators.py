@@ -7,6 +7,7 @@ sheets. The same objects run periodically inside training and standalone on a ch
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -177,25 +178,52 @@ class FIDEvaluator:
         return out, {}
 
 
+def trained_features_path(workdir: str, step: int, params: str, which: str) -> str:
+    """Where the trained encoder's probe features of one split at one step are kept, so the
+    run report (``bbg_jax.evaluation.report``) reuses the last evaluation's extraction."""
+    return os.path.join(workdir, "features", f"trained_step{step}_{params}_{which}.npz")
+
+
 class ProbeEvaluator:
-    """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval)."""
+    """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval).
+
+    With a ``workdir`` the features of the evaluated step are kept in WORKDIR/features/ (only
+    the latest step's: they are hundreds of MB at Fashion-MNIST scale) for the run report.
+    """
 
     name = "probe"
 
-    def __init__(self, config, batches: BatchesFn):
+    def __init__(self, config, batches: BatchesFn, workdir: str | None = None):
         self.config, self.ev, self.batches = config, eval_section(config), batches
+        self.workdir = workdir
+
+    def _features(self, E, variables, step: int, which: str, limit: int | None):
+        compute = lambda: probe.encoder_features(E, variables, self.batches(which, limit))  # noqa: E731
+        if self.workdir is None:
+            return compute()
+        path = trained_features_path(self.workdir, step, self.ev.probe_params, which)
+        return probe.cached(path, compute)
+
+    def _drop_older_features(self, step: int) -> None:
+        keep = {trained_features_path(self.workdir, step, self.ev.probe_params, w)
+                for w in ("train", "trainval", "eval")}
+        for path in glob.glob(os.path.join(self.workdir, "features", "trained_step*.npz")):
+            if path not in keep:
+                os.remove(path)
 
     def run(self, state):
         ev = self.ev
         E = build_models(self.config)["E"]
         params = state.ema_params["E"] if ev.probe_params == "ema" else state.params["E"]
         variables = {"params": params, **state.model_state["E"]}
+        step = int(jax.device_get(state.step))
         feats = {
-            "train": probe.encoder_features(E, variables, self.batches("train",
-                                                                       ev.probe_max_train)),
-            "trainval": probe.encoder_features(E, variables, self.batches("trainval", None)),
-            "test": probe.encoder_features(E, variables, self.batches("eval", None)),
+            "train": self._features(E, variables, step, "train", ev.probe_max_train),
+            "trainval": self._features(E, variables, step, "trainval", None),
+            "test": self._features(E, variables, step, "eval", None),
         }
+        if self.workdir is not None:
+            self._drop_older_features(step)
         num_classes = int(max(f["label"].max() for f in feats.values())) + 1
         settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size,
                                        ev.probe_learning_rate, tuple(ev.probe_l2_grid), ev.seed)
@@ -214,7 +242,7 @@ def build_evaluators(config, workdir: str, batches: BatchesFn | None = None,
         elif name == "fid":
             out.append(FIDEvaluator(config, workdir, batches))
         elif name == "probe" and has_e:
-            out.append(ProbeEvaluator(config, batches))
+            out.append(ProbeEvaluator(config, batches, workdir))
         elif name != "probe":
             raise ValueError(f"unknown evaluator {name!r}")
     return out

@@ -14,7 +14,8 @@ Writes DIR/report.json (and prints its table) for a trained BigBiGAN checkpoint:
   against the true labels.
 
 Features of the fixed baselines (pixels, random encoder) are cached in DIR/features/ (they do not
-change between steps); the trained encoder's features are extracted afresh for the step.
+change between steps); the trained encoder's features are those the probe evaluator kept when it
+evaluated the step (DIR/features/trained_step{N}_raw_*.npz), else extracted afresh.
 """
 
 from __future__ import annotations
@@ -168,25 +169,34 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         seconds[name] = round(time.time() - start, 1)
         return out
 
-    def split_features(compute, name):
-        return {s: probe.cached(None if name is None else os.path.join(
-            workdir, "features", f"{name}_{s}.npz"), lambda s=s: compute(s)) for s in SPLITS}
+    def split_features(compute, path):
+        return {s: probe.cached(path(s), lambda s=s: compute(s)) for s in SPLITS}
+
+    def fixed(name):
+        return lambda s: os.path.join(workdir, "features", f"{name}_{s}.npz")
 
     features = {
         "pixels": timed("pixel_features", lambda: split_features(
-            lambda s: pixel_features(batches_fn(s, limits[s])), "pixels")),
+            lambda s: pixel_features(batches_fn(s, limits[s])), fixed("pixels"))),
+        # The probe evaluator kept these if it evaluated this step (same batches and limits).
         "trained": timed("trained_features", lambda: split_features(
             lambda s: probe.encoder_features(
                 E, {"params": state.params["E"], **state.model_state["E"]},
-                batches_fn(s, limits[s])), None)),
+                batches_fn(s, limits[s])),
+            lambda s: evaluators_lib.trained_features_path(workdir, step, "raw", s))),
     }
     # One random initialisation per training seed, so the baseline row has its own seed spread.
     random_seed = 1000 + config.train.seed
-    random_vars = timed("random_encoder_calibration", lambda: random_encoder_variables(
-        config, batches_fn("train", None), random_seed))
+    random_vars = []  # calibrated only if some split's features are not cached yet
+
+    def random_features(s):
+        if not random_vars:
+            random_vars.append(timed("random_encoder_calibration", lambda: (
+                random_encoder_variables(config, batches_fn("train", None), random_seed))))
+        return probe.encoder_features(E, random_vars[0], batches_fn(s, limits[s]))
+
     features["random"] = timed("random_features", lambda: split_features(
-        lambda s: probe.encoder_features(E, random_vars, batches_fn(s, limits[s])),
-        f"random_encoder_seed{random_seed}"))
+        random_features, fixed(f"random_encoder_seed{random_seed}")))
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
     settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size, ev.probe_learning_rate,
                                    tuple(ev.probe_l2_grid), ev.seed)

@@ -9,14 +9,15 @@ import numpy as np
 
 from bbg_jax import checkpoint
 from bbg_jax.configs import load_experiment
-from bbg_jax.evaluation import evaluators, report
+from bbg_jax.evaluation import evaluators, probe, report
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.train_state import create_train_state
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.py")
 
 
-def test_report_table_baselines_and_reconstructions(tmp_path):
+def _smoke_checkpoint(tmp_path):
+    """A smoke config's checkpoint at step 4 and periodic FID reports, as a run leaves them."""
     config = load_experiment(SMOKE)
     config.eval = eval_config(fid_num_samples=32)
     config.eval.batch_size = 16
@@ -35,7 +36,11 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps(
             {"step": step, "metrics": {"fid_32_ema_standing_train": fid}}))
+    return config, workdir, state
 
+
+def test_report_table_baselines_and_reconstructions(tmp_path):
+    config, workdir, _ = _smoke_checkpoint(tmp_path)
     batches = evaluators.dataset_batches(config, 16)
     rep = report.build_report(workdir, batches_fn=batches)
 
@@ -48,10 +53,46 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     assert rep["fid"]["last"]["fid_32_ema_standing_train"] == 70.0
     rc = rep["reconstruction_class_agreement"]
     assert 0.0 <= rc["agreement"] <= 1.0 and rc["num_images"] > 0
-    # The fixed baselines' features are cached; the trained encoder's are not.
+    # The fixed baselines' features are cached, the trained encoder's under its step.
     cached = sorted(os.listdir(tmp_path / "features"))
     assert "pixels_eval.npz" in cached and any(c.startswith("random_encoder") for c in cached)
+    assert "trained_step4_raw_eval.npz" in cached
     assert "step 4" in report.format_table(rep)
+
+
+def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
+    config, workdir, state = _smoke_checkpoint(tmp_path)
+    batches = evaluators.dataset_batches(config, 16)
+    extractions, calibrations = [], []
+    extract, calibrate = probe.encoder_features, report.random_encoder_variables
+    monkeypatch.setattr(probe, "encoder_features",
+                        lambda *a, **k: extractions.append(1) or extract(*a, **k))
+    monkeypatch.setattr(report, "random_encoder_variables",
+                        lambda *a, **k: calibrations.append(1) or calibrate(*a, **k))
+
+    # The periodic evaluation at step 4 extracts train/trainval/eval features and keeps them.
+    evaluator = evaluators.ProbeEvaluator(config, batches, workdir)
+    metrics, _ = evaluator.run(state)
+    assert len(extractions) == 3
+    kept = evaluators.trained_features_path(workdir, 4, "raw", "eval")
+    with np.load(kept) as f:
+        np.testing.assert_array_equal(f["label"], np.concatenate(
+            [b["label"] for b in batches("eval", None)]))
+
+    # The report extracts only the random encoder's features: the trained ones are reused, and
+    # its trained-feature probe reads what the evaluator measured.
+    rep = report.build_report(workdir, batches_fn=batches)
+    assert len(extractions) == 3 + 3 and len(calibrations) == 1
+    assert rep["probe"]["bigbigan_bn_crelu"]["top1_test"] == metrics[
+        "probe_top1_bn_crelu_test"]
+    # A second report extracts nothing and does not calibrate the random encoder again.
+    report.build_report(workdir, batches_fn=batches)
+    assert len(extractions) == 6 and len(calibrations) == 1
+
+    # The next evaluation keeps only its own step's features.
+    evaluator.run(state.replace(step=state.step + 2))
+    kept = sorted(p.name for p in (tmp_path / "features").glob("trained_step*"))
+    assert kept == [f"trained_step6_raw_{w}.npz" for w in ("eval", "train", "trainval")]
 
 
 def test_random_encoder_statistics_are_calibrated_on_data():
