@@ -1,0 +1,52 @@
+"""The README's compile table is rendered from the compile check's JSON reports, not typed."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from bbg_jax import compile_check
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = str(ROOT / "experiments")
+
+
+def _report(config: str) -> compile_check.Report:
+    gib = compile_check.GIB
+    return compile_check.Report(
+        config=config, target="v5p:2x4x4", chip="v5p", num_devices=32, per_device_batch=64,
+        argument_bytes=4 * gib, output_bytes=0, alias_bytes=0, temp_bytes=40 * gib,
+        code_bytes=gib // 2, total_bytes=int(44.5 * gib), hbm_bytes=95 * gib, fits=True,
+        compiled_flops_step=1.1e15, analytic_flops_step=1.2e15, step_s_at_peak=0.075,
+        utilisation=0.4, step_s_at_utilisation=0.1875, num_steps=500_000,
+        hours_at_utilisation=26.04, compile_s=1000.0)
+
+
+def test_every_paper_configuration_has_a_row_and_its_config_exists():
+    rows = compile_check.paper_rows(EXPERIMENTS)
+    configs = [c for c, _ in rows]
+    assert len(set(configs)) == len(configs) == 5 + 18  # 5 files + Table 1 less its base row
+    for config, topology in rows:
+        assert os.path.exists(config.split(":")[0]), config
+        assert topology.startswith("v5p:")
+        assert compile_check.row_filename(config, topology).endswith(".json")
+
+
+def test_table_renders_reports_and_marks_missing_rows(tmp_path):
+    config = f"{EXPERIMENTS}/table1.py:revnet"
+    name = compile_check.row_filename(config, "v5p:2x4x4")
+    assert name == "table1.revnet.v5p_2x4x4.json"
+    (tmp_path / name).write_text(json.dumps(dataclasses.asdict(_report(config))))
+    table = compile_check.render_table(str(tmp_path), EXPERIMENTS).splitlines()
+    assert table[:2] == compile_check.TABLE_HEADER.splitlines()
+    [row] = [r for r in table if "table1.py:revnet`" in r]
+    assert row == (f"| `{config}` | v5p:2x4x4 (32 x v5p) | 44.5 / 95 GiB | 1.100 / 1.200 "
+                   "| 0.075 / 0.188 | 26 |")
+    assert sum("not compiled yet" in r for r in table) == len(table) - 3
+
+
+def test_readme_table_is_the_rendered_one(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the reports name their configs relative to the repository root
+    table = compile_check.render_table("docs/compile_table")
+    assert table in (ROOT / "README.md").read_text(), (
+        "README's compile table differs from `launch/compile_table.sh`'s output; paste it.")
