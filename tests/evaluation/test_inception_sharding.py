@@ -1,0 +1,35 @@
+"""FID features split over devices equal one device's (the evaluator's speed-up on CPU)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+import sys
+import jax, numpy as np
+from bbg_jax.evaluation.inception import InceptionFeatures
+assert len(jax.devices()) == 2
+f = InceptionFeatures()
+x = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+odd = f(x)                     # padded to 4, split over both devices
+even = f(np.concatenate([x, x[:1]]))
+one = f._fn(jax.device_put(f.params, jax.devices()[0]), jax.device_put(x, jax.devices()[0]))
+np.savez(sys.argv[1], odd=odd, even=even, one=one, devices=len(odd.sharding.device_set))
+"""
+
+
+def test_split_features_equal_one_device(tmp_path):
+    out = tmp_path / "features.npz"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    subprocess.run([sys.executable, "-c", SCRIPT, str(out)], check=True, env=env, cwd=ROOT,
+                   timeout=600)
+    r = np.load(out)
+    assert r["odd"].shape == (3, 2048) and int(r["devices"]) == 2
+    np.testing.assert_allclose(r["odd"], r["one"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r["even"][:3], r["one"], rtol=1e-5, atol=1e-6)
