@@ -178,10 +178,13 @@ class FIDEvaluator:
         return out, {}
 
 
-def trained_features_path(workdir: str, step: int, params: str, which: str) -> str:
+def trained_features_path(workdir: str, step: int, params: str, which: str,
+                          limit: int | None = None) -> str:
     """Where the trained encoder's probe features of one split at one step are kept, so the
-    run report (``bbg_jax.evaluation.report``) reuses the last evaluation's extraction."""
-    return os.path.join(workdir, "features", f"trained_step{step}_{params}_{which}.npz")
+    run report (``bbg_jax.evaluation.report``) reuses the last evaluation's extraction. The
+    name holds everything that selects them: step, raw or EMA weights, split, example limit."""
+    first = "" if limit is None else f"_first{limit}"
+    return os.path.join(workdir, "features", f"trained_step{step}_{params}_{which}{first}.npz")
 
 
 class ProbeEvaluator:
@@ -201,12 +204,14 @@ class ProbeEvaluator:
         compute = lambda: probe.encoder_features(E, variables, self.batches(which, limit))  # noqa: E731
         if self.workdir is None:
             return compute()
-        path = trained_features_path(self.workdir, step, self.ev.probe_params, which)
+        path = trained_features_path(self.workdir, step, self.ev.probe_params, which, limit)
         return probe.cached(path, compute)
 
     def _drop_older_features(self, step: int) -> None:
-        keep = {trained_features_path(self.workdir, step, self.ev.probe_params, w)
-                for w in ("train", "trainval", "eval")}
+        ev = self.ev
+        keep = {trained_features_path(self.workdir, step, ev.probe_params, w, limit)
+                for w, limit in (("train", ev.probe_max_train), ("trainval", None),
+                                 ("eval", None))}
         for path in glob.glob(os.path.join(self.workdir, "features", "trained_step*.npz")):
             if path not in keep:
                 os.remove(path)

@@ -183,7 +183,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
             lambda s: probe.encoder_features(
                 E, {"params": state.params["E"], **state.model_state["E"]},
                 batches_fn(s, limits[s])),
-            lambda s: evaluators_lib.trained_features_path(workdir, step, "raw", s))),
+            lambda s: evaluators_lib.trained_features_path(workdir, step, "raw", s, limits[s]))),
     }
     # One random initialisation per training seed, so the baseline row has its own seed spread.
     random_seed = 1000 + config.train.seed

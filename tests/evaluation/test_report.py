@@ -56,7 +56,7 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     # The fixed baselines' features are cached, the trained encoder's under its step.
     cached = sorted(os.listdir(tmp_path / "features"))
     assert "pixels_eval.npz" in cached and any(c.startswith("random_encoder") for c in cached)
-    assert "trained_step4_raw_eval.npz" in cached
+    assert {"trained_step4_raw_eval.npz", "trained_step4_raw_train_first64.npz"} <= set(cached)
     assert "step 4" in report.format_table(rep)
 
 
@@ -75,6 +75,7 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     metrics, _ = evaluator.run(state)
     assert len(extractions) == 3
     kept = evaluators.trained_features_path(workdir, 4, "raw", "eval")
+    assert os.path.exists(evaluators.trained_features_path(workdir, 4, "raw", "train", 64))
     with np.load(kept) as f:
         np.testing.assert_array_equal(f["label"], np.concatenate(
             [b["label"] for b in batches("eval", None)]))
@@ -92,7 +93,7 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     # The next evaluation keeps only its own step's features.
     evaluator.run(state.replace(step=state.step + 2))
     kept = sorted(p.name for p in (tmp_path / "features").glob("trained_step*"))
-    assert kept == [f"trained_step6_raw_{w}.npz" for w in ("eval", "train", "trainval")]
+    assert kept == [f"trained_step6_raw_{w}.npz" for w in ("eval", "train_first64", "trainval")]
 
 
 def test_random_encoder_statistics_are_calibrated_on_data():
