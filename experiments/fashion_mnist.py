@@ -4,8 +4,9 @@ Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps
            (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
               after scripts/setup.sh)
 Hardware:  a 2-core CPU: ~1.9 s per step, 27.8 min end to end with evaluation and report
-           (measured; README). The script splits the batch over 2 simulated host devices (XLA_FLAGS), and
-           train.conv_weight_grad=auto computes conv weight gradients as einsums on CPU.
+           (measured; README). The script splits the batch over 2 simulated host devices
+           (XLA_FLAGS), and train.conv_weight_grad=auto computes conv weight gradients as
+           einsums on CPU.
 Expected:  at 500 steps (3 seeds) linear-probe test top-1 74.8 ± 1.5 % (bn_crelu_feat) against
            71.5 % for the random-weight encoder and 84.2 % for raw pixels; FID-500 ~157 -> ~139
            between steps 250 and 500 (README "Fashion-MNIST").
