@@ -306,6 +306,7 @@ class InceptionFeatures:
                  quantize: bool = True):
         self._mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",))
         replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+        self._split = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("batch"))
         self.params = jax.device_put(load_params(weights_path), replicated)
         net = FIDInceptionV3(precision=precision)
 
@@ -319,5 +320,4 @@ class InceptionFeatures:
         if b % n:
             images = jnp.concatenate([images, jnp.zeros((n - b % n, *images.shape[1:]),
                                                         images.dtype)])
-        split = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("batch"))
-        return self._fn(self.params, jax.device_put(images, split))[:b]
+        return self._fn(self.params, jax.device_put(images, self._split))[:b]
