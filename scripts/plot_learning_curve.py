@@ -31,7 +31,12 @@ def main() -> None:
     if not reports:
         raise SystemExit(f"no evaluations under {args.workdir}/eval/step_*/report.json")
     steps = [r["step"] for r in reports]
-    fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fid_keys = sorted({k for r in reports for k in r["metrics"] if k.startswith("fid_")})
+    # A run evaluated without the FID evaluator gets the probe panel only.
+    if fid_keys:
+        fig, (acc_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    else:
+        fig, acc_ax = plt.subplots(1, 1, figsize=(6, 3.8))
     for key, label in (("probe_top1_avepool_test", "BigBiGAN avepool_feat"),
                        ("probe_top1_bn_crelu_test", "BigBiGAN bn_crelu_feat")):
         pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
@@ -49,14 +54,14 @@ def main() -> None:
     acc_ax.set_ylabel("linear probe top-1, test split")
     acc_ax.legend(fontsize=7)
     acc_ax.grid(alpha=0.3)
-    fid_keys = sorted({k for r in reports for k in r["metrics"] if k.startswith("fid_")})
     for key in fid_keys:
         pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
         fid_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
-    fid_ax.set_xlabel("G/E step")
-    fid_ax.set_ylabel("FID")
-    fid_ax.legend(fontsize=7)
-    fid_ax.grid(alpha=0.3)
+    if fid_keys:
+        fid_ax.set_xlabel("G/E step")
+        fid_ax.set_ylabel("FID")
+        fid_ax.legend(fontsize=7)
+        fid_ax.grid(alpha=0.3)
     fig.suptitle(f"BigBiGAN on Fashion-MNIST: {os.path.basename(args.workdir.rstrip('/'))}, "
                  f"steps {steps[0]}-{steps[-1]}")
     fig.tight_layout()
