@@ -50,3 +50,20 @@ def test_readme_table_is_the_rendered_one(monkeypatch):
     table = compile_check.render_table("docs/compile_table")
     assert table in (ROOT / "README.md").read_text(), (
         "README's compile table differs from `launch/compile_table.sh`'s output; paste it.")
+
+
+def test_xla_out_of_memory_refusal_is_a_clear_does_not_fit(monkeypatch, capsys):
+    """XLA's TPU compiler refuses a step whose temporaries exceed HBM; the check says so."""
+    from bbg_jax import compile_check
+
+    def refuse(config_spec, args):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                           "required for HLO temporaries (136.45G) exceeds available HBM.")
+
+    monkeypatch.setattr(compile_check, "_set_platform", lambda args: None)
+    monkeypatch.setattr(compile_check, "check", refuse)
+    rc = compile_check.main(["--config", "experiments/table1.py:high_res_g",
+                             "--topology", "v5p:2x4x4"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "DOES NOT FIT" in err and "136.45G" in err and "larger topology" in err
