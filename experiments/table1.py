@@ -8,6 +8,8 @@ Command:   python -m bbg_jax.main --config=experiments/table1.py:<variant> --wor
            z_unary_only, no_unary, small_e, small_g, no_e, high_res_e, low_res_g, high_res_g,
            resnet101, resnet_x2, revnet, revnet_x2, revnet_x4, resnet_e_lr, revnet_x4_e_lr.
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
+           high_res_g needs twice the chips (v5p-128, --topology v5p:4x4x4): at 64 images
+           per chip its 256 px G/D need 136 GiB of temporaries (XLA refused v5p:2x4x4).
 Time:      500k G/E steps each. Analytic FLOPs (convolutions and matmuls of the traced forward
            passes, backward = 2 x forward; `bbg_jax.flops.train_step_flops`) and the
            time on 32 v5p chips at 40% of 459 TFLOP/s (the README table has compiled numbers):
