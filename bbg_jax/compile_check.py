@@ -296,20 +296,22 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
+FIT_ADVICE = ("Use more chips (a larger topology, smaller per-device batch), "
+              "model.dtype=bfloat16, or a smaller data.batch_size.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     _set_platform(args)
     try:
         report = check(args.config, args)
-    except Exception as e:  # noqa: BLE001 -- only XLA's out-of-memory refusal is translated
+    except RuntimeError as e:  # jax's JaxRuntimeError; only the out-of-memory refusal is ours
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         # XLA's TPU compiler refuses a program whose temporaries exceed HBM, so there is no
         # memory analysis to report: say so, with XLA's figure and the fix.
         print(f"DOES NOT FIT: {args.config} on {args.topology or 'this mesh'}: XLA refused to "
-              f"compile it ({str(e).splitlines()[0]}). Use more chips (a larger topology, "
-              "smaller per-device batch), model.dtype=bfloat16, or a smaller data.batch_size.",
-              file=sys.stderr)
+              f"compile it ({str(e).splitlines()[0]}). {FIT_ADVICE}", file=sys.stderr)
         return 2
     print(format_report(report))
     if args.json:
@@ -317,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(dataclasses.asdict(report), f, indent=1)
     if not report.fits:
         print(f"DOES NOT FIT: the step needs {report.total_bytes / GIB:.1f} GiB per chip but a "
-              f"{report.chip} has {report.hbm_bytes / GIB:.0f} GiB. Use more chips (smaller "
-              "per-device batch), model.dtype=bfloat16, or a smaller data.batch_size.",
-              file=sys.stderr)
+              f"{report.chip} has {report.hbm_bytes / GIB:.0f} GiB. {FIT_ADVICE}", file=sys.stderr)
         return 2
     return 0
 

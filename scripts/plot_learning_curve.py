@@ -54,10 +54,10 @@ def main() -> None:
     acc_ax.set_ylabel("linear probe top-1, test split")
     acc_ax.legend(fontsize=7)
     acc_ax.grid(alpha=0.3)
-    for key in fid_keys:
-        pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
-        fid_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
     if fid_keys:
+        for key in fid_keys:
+            pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
+            fid_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
         fid_ax.set_xlabel("G/E step")
         fid_ax.set_ylabel("FID")
         fid_ax.legend(fontsize=7)
