@@ -4,9 +4,10 @@ Command:   python -m bbg_jax.main --config=experiments/bigbigan_imagenet128.py -
                --config.data.data_dir=DIR_WITH_TFDS_IMAGENET
            python -m bbg_jax.models.summary --config experiments/bigbigan_imagenet128.py
 Hardware:  a TPU pod slice or GPU cluster; global batch 2048 (x and z).
-Time:      one step (2 D updates + 1 G/E update) is 1.10 PFLOP by XLA's cost analysis (analytic
-           572 GFLOP per image). On 32 TPU v5p chips (459 TFLOP/s bf16 each) at an assumed 40%
-           utilisation that is 0.19 s per step, 26 hours for the 500k steps of the ablations.
+Time:      one step (2 D updates + 1 G/E update) is 1.12 PFLOP by XLA's cost analysis (analytic
+           587 GFLOP per image, 1.20 PFLOP per step). On 32 TPU v5p chips (459 TFLOP/s bf16 each)
+           at an assumed 40% utilisation that is 0.19 s per step, 26 hours for the 500k steps of
+           the ablations (compiled FLOPs; the README table has every row).
 Expected:  parameter counts (checked by tests/test_configs.py):
            G 70,306,116 (BigGAN-128 with one 128-d label embedding instead of a 1000-class table);
            D 152,789,284 = F 86,444,833 + H 29,622,272 + J 36,716,544 + three heads 5,635;

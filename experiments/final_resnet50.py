@@ -5,9 +5,9 @@ Command:   python -m bbg_jax.main --config=experiments/final_resnet50.py --workd
            python -m bbg_jax.compile_check --config experiments/final_resnet50.py \
                --topology v5p:2x4x4
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
-Time:      analytic 634 GFLOP per image (G 42.4, D 22.1, ResNet-50 E at 256 px 10.8 forward)
-           -> 1.30 PFLOP per step -> 0.22 s on 32 v5p chips at 40% of 459 TFLOP/s -> 61 h for
-           1M steps (the README table has the compiled numbers).
+Time:      analytic 628 GFLOP per image (forward: G 43.0, D 22.4, ResNet-50 E at 256 px 10.8)
+           -> 1.29 PFLOP per step -> 0.22 s on 32 v5p chips at 40% of 459 TFLOP/s -> 61 h for
+           1M steps (XLA's compiled 1.18 PFLOP: 56 h; the README table has the compiled numbers).
 Expected:  linear probe on ImageNet validation: top-1/top-5 55.4/77.4 (avepool_feat) and
            56.6/78.6 (bn_crelu_feat); unconditional FID about 22.3 at 500k and 20.3 at 1M steps
            [likely] (SPEC §8).

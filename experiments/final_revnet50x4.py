@@ -5,9 +5,9 @@ Command:   python -m bbg_jax.main --config=experiments/final_revnet50x4.py --wor
            python -m bbg_jax.compile_check --config experiments/final_revnet50x4.py \
                --topology v5p:4x4x4
 Hardware:  a TPU v5p-128 slice (64 chips, 32 images per chip) or 64 H100s; global batch 2048.
-Time:      analytic 728 GFLOP per image (RevNet-50 x4 E at 256 px 41.6 forward) -> 1.49 PFLOP
-           per step -> 0.13 s on 64 v5p chips at 40% of 459 TFLOP/s -> 35 h for 1M steps
-           (the README table has the compiled numbers).
+Time:      analytic 782 GFLOP per image (RevNet-50 x4 E at 256 px 41.6 forward) -> 1.60 PFLOP
+           per step -> 0.14 s on 64 v5p chips at 40% of 459 TFLOP/s -> 38 h for 1M steps
+           (XLA's compiled 1.42 PFLOP: 33 h; the README table has the compiled numbers).
 Expected:  linear probe on ImageNet validation: top-1/top-5 60.8/81.4 (avepool_feat) and
            61.3/81.9 (bn_crelu_feat) (SPEC §8).
 Paper:     Table 2 (BigBiGAN RevNet-50 x4), the paper's headline result.

@@ -9,23 +9,25 @@ Command:   python -m bbg_jax.main --config=experiments/table1.py:<variant> --wor
            resnet101, resnet_x2, revnet, revnet_x2, revnet_x4, resnet_e_lr, revnet_x4_e_lr.
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
            high_res_g needs twice the chips (v5p-128, --topology v5p:4x4x4): at 64 images
-           per chip its 256 px G/D need 136 GiB of temporaries (XLA refused v5p:2x4x4).
+           per chip its 256 px G/D need 136 GiB of temporaries (XLA refused v5p:2x4x4); at 32
+           per chip it compiles to 78 GiB of the 95 GiB HBM.
 Time:      500k G/E steps each. Analytic FLOPs (convolutions and matmuls of the traced forward
            passes, backward = 2 x forward; `bbg_jax.flops.train_step_flops`) and the
-           time on 32 v5p chips at 40% of 459 TFLOP/s (the README table has compiled numbers):
+           time on 32 v5p chips (high_res_g: 64) at 40% of 459 TFLOP/s (the README table has
+           XLA's compiled numbers, 3-12% below these):
              variant                     GFLOP/image  PFLOP/step  s/step  hours
-             base, deterministic_e,             580     1.187   0.202   28
+             base, deterministic_e,             587     1.203   0.205   28
                uniform_prior, *_unary*, resnet_e_lr
-             small_g                            392     0.804   0.137   19
-             no_e                               561     1.150   0.196   27
-             high_res_e                         620     1.269   0.216   30
-             low_res_g                          456     0.934   0.159   22
-             high_res_g                        2014     4.125   0.702   98
-             resnet101                          592     1.212   0.206   29
-             resnet_x2                          619     1.268   0.216   30
-             revnet / revnet_x2                 571/581 1.169/1.190  0.20  28
-             revnet_x4, revnet_x4_e_lr          618     1.266   0.216   30
-             small_e                            ~577 (E about a quarter of base's 2.8 GFLOP)
+             small_e                            578     1.183   0.201   28
+             small_g                            398     0.816   0.139   19
+             no_e                               569     1.166   0.198   28
+             high_res_e                         628     1.285   0.219   30
+             low_res_g                          457     0.936   0.159   22
+             high_res_g (64 chips)             2072     4.244   0.361   50
+             resnet101                          600     1.228   0.209   29
+             resnet_x2                          627     1.284   0.219   30
+             revnet / revnet_x2                 579/589 1.185/1.206  0.20  28
+             revnet_x4, revnet_x4_e_lr          626     1.282   0.218   30
 Expected:  each row's numbers of the paper's Table 1: linear-probe top-1 on train_val
            (avepool and bn_crelu features), IS and FID of the EMA generator. The base model is
            "ResNet-50 E at 128, BigGAN G/D at 128, ch 96, unary terms, stochastic E".
