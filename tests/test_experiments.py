@@ -1,8 +1,10 @@
 """Every paper configuration builds (abstractly) with the intended parameter counts, and the
 compile check reports memory, FLOPs and time for a config (slow: it compiles)."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +83,29 @@ def test_final_models(name, e_params):
 
 def test_unconditional_biggan():
     assert counts("biggan_uncond_imagenet128.py") == {"G": BASE["G"], "D": 86_446_370}
+
+
+PAPER_FILES = ["bigbigan_imagenet128.py", "final_resnet50.py", "final_revnet50x4.py",
+               "biggan_imagenet128.py", "biggan_uncond_imagenet128.py"]
+
+
+@pytest.mark.parametrize("name", PAPER_FILES + ["table1.py"])
+def test_paper_docstrings_say_command_target_time_and_paper(name):
+    doc = ast.get_docstring(ast.parse((ROOT / "experiments" / name).read_text()))
+    for field in ("Command:", "Hardware:", "Time:", "Expected:", "Paper:"):
+        assert re.search(rf"^{field}", doc, re.M), f"{name}: no {field} line"
+    assert "bbg_jax.main --config=experiments/" + name in doc
+
+
+@pytest.mark.parametrize("name", PAPER_FILES)
+def test_docstring_flops_are_the_compile_tables(name):
+    """The docstring's analytic GFLOP per image is the one compile_check recorded (docs/)."""
+    doc = ast.get_docstring(ast.parse((ROOT / "experiments" / name).read_text()))
+    (row,) = (ROOT / "docs" / "compile_table").glob(name.removesuffix(".py") + ".v5p_*.json")
+    report = json.loads(row.read_text())
+    per_image = report["analytic_flops_step"] / 2048 / 1e9
+    stated = float(re.search(r"analytic\s+(\d+) GFLOP per image", doc).group(1))
+    assert stated == pytest.approx(per_image, abs=0.6)
 
 
 @pytest.mark.slow  # ~10 s: traces the three full-size networks
