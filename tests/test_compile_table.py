@@ -52,6 +52,17 @@ def test_readme_table_is_the_rendered_one(monkeypatch):
         "README's compile table differs from `launch/compile_table.sh`'s output; paste it.")
 
 
+def test_every_paper_configuration_is_compiled_and_fits_its_target(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for config, topology in compile_check.paper_rows():
+        path = ROOT / "docs/compile_table" / compile_check.row_filename(config, topology)
+        assert path.exists(), f"no report for {config} on {topology}: launch/compile_table.sh"
+        report = json.loads(path.read_text())
+        assert (report["config"], report["target"]) == (config, topology)
+        assert report["fits"] and report["total_bytes"] <= report["hbm_bytes"], config
+        assert report["num_devices"] * report["per_device_batch"] == 2048, config
+
+
 def test_xla_out_of_memory_refusal_is_a_clear_does_not_fit(monkeypatch, capsys):
     """XLA's TPU compiler refuses a step whose temporaries exceed HBM; the check says so."""
     from bbg_jax import compile_check
