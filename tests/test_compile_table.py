@@ -65,8 +65,6 @@ def test_every_paper_configuration_is_compiled_and_fits_its_target(monkeypatch):
 
 def test_xla_out_of_memory_refusal_is_a_clear_does_not_fit(monkeypatch, capsys):
     """XLA's TPU compiler refuses a step whose temporaries exceed HBM; the check says so."""
-    from bbg_jax import compile_check
-
     def refuse(config_spec, args):
         raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
                            "required for HLO temporaries (136.45G) exceeds available HBM.")
