@@ -14,13 +14,14 @@ mid-save leaves the previous checkpoint as the latest one.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
+from bbg_jax import paths
 from bbg_jax.train_state import TrainState
 
 _STATE, _CONFIG, _DATA = "state", "config", "data"
@@ -30,19 +31,23 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the current configuration."""
 
 
-def checkpoint_dir(workdir: str | Path) -> Path:
-    return Path(workdir).absolute() / "checkpoints"
+def checkpoint_dir(workdir: paths.PathLike) -> epath.Path:
+    return paths.path(workdir) / "checkpoints"
 
 
-def make_manager(workdir: str | Path, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-    """Keeps the last ``train.keep_last`` checkpoints plus every ``train.keep_every``-th step."""
+def make_manager(workdir: paths.PathLike, config: ml_collections.ConfigDict
+                 ) -> ocp.CheckpointManager:
+    """Keeps the last ``train.keep_last`` checkpoints plus every ``train.keep_every``-th step.
+
+    ``train.async_checkpointing``: saves return once the state is copied off the devices and
+    the files are written in the background; the loop waits for them before an evaluation
+    reads the checkpoint, at preemption and at exit (``manager.wait_until_finished``).
+    """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.train.keep_last,
         keep_period=config.train.keep_every or None,
         create=True,
-        # Synchronous saves: a step's checkpoint is complete when save() returns, so SIGTERM and
-        # NaN handling can rely on it. Saving is rare relative to steps.
-        enable_async_checkpointing=False,
+        enable_async_checkpointing=bool(config.train.get("async_checkpointing", False)),
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                  item_names=(_STATE, _CONFIG, _DATA))
@@ -56,7 +61,8 @@ def save(manager: ocp.CheckpointManager, state: TrainState, config: ml_collectio
         _CONFIG: ocp.args.JsonSave(json.loads(config.to_json())),
         _DATA: ocp.args.JsonSave(data_position),
     }), force=True)
-    manager.wait_until_finished()
+    if not config.train.get("async_checkpointing", False):
+        manager.wait_until_finished()
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -129,7 +135,7 @@ def _with_sharding(abstract: Any) -> Any:
     return jax.tree_util.tree_map(leaf, abstract)
 
 
-def restore_state(workdir: str | Path, abstract_state: TrainState, step: int | None = None
+def restore_state(workdir: paths.PathLike, abstract_state: TrainState, step: int | None = None
                   ) -> TrainState:
     """The train state of ``step`` (the latest when None) in ``<workdir>/checkpoints``, on this
     process's devices whatever the device count of the run that wrote it."""
@@ -149,8 +155,10 @@ def restore_state(workdir: str | Path, abstract_state: TrainState, step: int | N
 
 def load_parameters(init_from: str, abstract_state: TrainState) -> TrainState:
     """The latest checkpoint of another run (``train.init_from``), for its parameters."""
-    manager = ocp.CheckpointManager(checkpoint_dir(init_from) if not str(init_from).rstrip(
-        "/").endswith("checkpoints") else Path(init_from), item_names=(_STATE, _CONFIG, _DATA))
+    directory = paths.path(str(init_from).rstrip("/"))
+    if directory.name != "checkpoints":
+        directory = directory / "checkpoints"
+    manager = ocp.CheckpointManager(directory, item_names=(_STATE, _CONFIG, _DATA))
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(

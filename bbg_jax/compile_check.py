@@ -214,24 +214,10 @@ def target_devices(args: argparse.Namespace) -> list[Any]:
     return list(topo.devices)
 
 
-def make_target_mesh(devices: list[Any]):
-    from jax.experimental import mesh_utils
-    from jax.sharding import Mesh
-
-    from bbg_jax.sharding import DATA_AXIS
-
-    try:  # physical order, so the data axis follows the torus
-        arr = mesh_utils.create_device_mesh((len(devices),), devices)
-    except Exception:  # noqa: BLE001 -- CPU devices have no coordinates
-        import numpy as np
-
-        arr = np.asarray(devices)
-    return Mesh(arr, (DATA_AXIS,))
-
-
 def check(config_spec: str, args: argparse.Namespace) -> Report:
     from bbg_jax.aot import compile_train_step
     from bbg_jax.configs import load_experiment
+    from bbg_jax.sharding import make_mesh
 
     config = load_experiment(config_spec)
     # The check models an accelerator: simulated CPU devices stand in for GPUs, so compile XLA's
@@ -240,7 +226,7 @@ def check(config_spec: str, args: argparse.Namespace) -> Report:
     _apply_overrides(config, args.set)
     devices = target_devices(args)
     n = len(devices)
-    mesh = make_target_mesh(devices)
+    mesh = make_mesh(devices)  # the mesh training builds, over the target's devices
     t0 = time.time()
     compiled = compile_train_step(config, mesh)
     compile_s = time.time() - t0

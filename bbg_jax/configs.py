@@ -110,6 +110,12 @@ def train_config() -> ml_collections.ConfigDict:
     t.keep_last = 3  # checkpoints: the last N ...
     t.keep_every = 50_000  # ... plus every K-th step
     t.init_from = ""  # a checkpoint directory whose parameters start a fresh run
+    # Write checkpoints in the background (waited for before an evaluation, at preemption and
+    # at exit); off: each save is complete when the step after it starts.
+    t.async_checkpointing = False
+    # JAX's persistent compilation cache, so a restarted job skips its compiles: a directory
+    # (gs:// allowed), "WORKDIR/..." for one under the workdir, or "" for none.
+    t.compilation_cache_dir = "WORKDIR/compilation_cache"
     # Online linear probe on stop-gradient avepool_feat (BYOL-style monitor; never touches E).
     t.online_probe_classes = 0  # the dataset's class count; 0 = off
     t.online_probe_lr = 1e-3

@@ -10,21 +10,20 @@ check and the logs. A checkpoint is written only after its step's metrics were c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
+from jax.experimental import multihost_utils
 
-from bbg_jax import checkpoint, progress, sharding
+from bbg_jax import checkpoint, paths, progress, sharding, summaries
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
@@ -136,18 +135,49 @@ def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """SIGTERM -> one step at which every process checkpoints and stops.
+
+    One process: a Python SIGTERM handler sets a flag. Several: the preemption sync manager
+    that ``jax.distributed.initialize`` installs catches SIGTERM on any process and tells the
+    others through the coordination service; ``reached_preemption_sync_point(step)``, called at
+    every step by every process, is True on all of them at the same step (one past the latest
+    step any of them had reported), so all save that step and stop. A Python handler would
+    replace the manager's, so none is installed then.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multi = jax.process_count() > 1
+        if not self._multi:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Call once per step, in step order, on every process."""
+        if self._multi:
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._multi:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def use_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """JAX's persistent compilation cache in ``train.compilation_cache_dir`` (``WORKDIR/...``
+    means under the workdir; any epath location, gs:// included; empty = off), so a restarted
+    job loads its compiled steps instead of compiling them again."""
+    where = config.train.get("compilation_cache_dir", "")
+    if not where:
+        return
+    if where.startswith("WORKDIR/"):
+        where = str(paths.path(workdir) / where[len("WORKDIR/"):])
+    jax.config.update("jax_compilation_cache_dir", where)
+    # The default skips programs that compile in under a second; cache every train/eval step.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | None) -> None:
@@ -166,15 +196,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # (1) Set-up.
     check_config(config)
     t = config.train
-    workdir_path = Path(workdir)
+    workdir_path = paths.path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
+    use_compilation_cache(config, workdir)
     mesh = sharding.make_mesh()
     sharding.check_batch_divisible(config.data.batch_size, mesh)
     per_process_batch_size(config.data.batch_size)
-    writer = metric_writers.create_default_writer(
-        str(workdir_path), just_logging=jax.process_index() > 0)
-    if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+    lead = jax.process_index() == 0  # the only process that writes files
+    writer = summaries.create_writer(workdir, just_logging=not lead)
+    if lead:
+        paths.write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
 
     # (2) State.
     manager = checkpoint.make_manager(workdir_path, config)
@@ -183,18 +214,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     log.info("Train state: %s; %d devices, global batch %d.", how, mesh.devices.size,
              config.data.batch_size)
     last_checkpoint = manager.latest_step()
+    metrics_log = summaries.MetricsLog(workdir, start) if lead else None
 
-    # (3) Data and evaluators.
+    # (3) Data and evaluators: every process evaluates its devices' part; process 0 writes.
     batches = step_batches(config, mesh, start)
     ev = evaluators_lib.eval_section(config)
-    evals = (evaluators_lib.build_evaluators(config, str(workdir_path))
-             if ev.every_steps and jax.process_index() == 0 else [])
+    evals = evaluators_lib.build_evaluators(config, workdir) if ev.every_steps else []
 
     # (4) Loop.
     train_step = jit_train_step(config, mesh)
     report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                              every_secs=30.0)
-    bar = progress.ProgressBar(t.num_steps, start) if jax.process_index() == 0 else None
+    bar = progress.ProgressBar(t.num_steps, start) if lead else None
     preemption = _Preemption()
     hang_at = int(os.environ.get(_HANG_AT_STEP, "-1"))
     nan_at = int(os.environ.get(_NAN_AT_STEP, "-1"))
@@ -208,18 +239,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step % t.log_every == 0 or step == t.num_steps:
             scalars = {k: float(v) for k, v in metrics.items()}
             writer.write_scalars(step, scalars)
-            if jax.process_index() == 0:
-                # The same scalars as one JSON line per step, to compare runs without TensorBoard.
-                with open(workdir_path / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, **scalars}) + "\n")
+            if metrics_log:
+                metrics_log.append(step, scalars)
+
+    def flush_logs():
+        writer.flush()
+        if metrics_log:
+            metrics_log.flush()
 
     def save(state):
         nonlocal last_checkpoint
         step = int(jax.device_get(state.step))
         checkpoint.save(manager, state, config, {"data_batch": step * t.n_d_steps})
         last_checkpoint = step
+        flush_logs()  # the logs up to a checkpoint survive a kill
 
     def evaluate(state, step):
+        manager.wait_until_finished()  # an async save must be complete: the best probe copies it
         metrics, images = evaluators_lib.run_all(evals, state)
         writer.write_scalars(step, metrics)
         writer.write_images(step, {k: v[None] for k, v in images.items()})
@@ -239,21 +275,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             report(step)
             if bar:
                 bar.update(step)
-            if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.requested:
+            preempted = preemption.reached(step)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
                 settle(pending)
                 pending = None
                 save(state)
-                if evals and (step % ev.every_steps == 0 or step == t.num_steps):
+                if evals and not preempted and (step % ev.every_steps == 0
+                                                or step == t.num_steps):
                     evaluate(state, step)
-            if step == hang_at:
-                (workdir_path / f"hanging_at_{step}").touch()  # tells the test where we are
-                while not preemption.requested:
-                    time.sleep(0.05)
-            if preemption.requested:
+            if 0 <= hang_at <= step:
+                if step == hang_at and lead:  # tells the test where we are
+                    paths.write_atomic(workdir_path / f"hanging_at_{step}", "")
+                if jax.process_count() == 1:
+                    while not preemption.requested:
+                        time.sleep(0.05)
+                else:  # the sync point lies ahead: keep stepping, slowly
+                    time.sleep(1.0)
+            if preemption.requested and not preempted:  # SIGTERM while paused (one process)
+                preempted = True
                 if last_checkpoint != step:
                     settle(pending)
                     pending = None
                     save(state)
+            if preempted:
+                manager.wait_until_finished()
                 log.warning("SIGTERM: checkpointed step %d and stopped.", step)
                 break
         if pending is not None:
@@ -262,6 +307,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if bar:
             bar.close()
         preemption.restore()
-        writer.flush()
-        manager.close()
+        flush_logs()
+        manager.close()  # waits for an async save to finish
     return state

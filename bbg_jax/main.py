@@ -8,6 +8,7 @@ Overrides: ``--config.train.num_steps=100`` and the like. Everything else lives 
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -33,7 +34,10 @@ class _QuietOrbax(logging.Filter):
 def main(argv):
     del argv
     absl_logging.get_absl_handler().addFilter(_QuietOrbax())
-    sharding.maybe_initialize_distributed()
+    try:
+        sharding.maybe_initialize_distributed()
+    except sharding.DistributedConfigError as e:
+        sys.exit(f"bbg_jax.main: {e}")  # one line, no traceback: the launch environment is wrong
     if _MODE.value == "train":
         if _CONFIG.value is None:
             raise app.UsageError("--mode=train needs --config=experiments/<name>.py")

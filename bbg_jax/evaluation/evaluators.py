@@ -7,21 +7,20 @@ sheets. The same objects run periodically inside training and standalone on a ch
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bbg_jax import paths
 from bbg_jax.evaluation import generation, metrics, probe, sheets
 from bbg_jax.evaluation.config import eval_config
+from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,12 @@ def dataset_batches(config: ml_collections.ConfigDict, batch_size: int) -> Batch
             return
         from bbg_jax.data import pipeline  # the only route to TensorFlow
         seen = 0
+        # Every process reads the whole split in the same order and the evaluation splits each
+        # batch's rows over all devices (bbg_jax.evaluation.sharded): the metrics of a
+        # multi-process run are those of one process, never those of a 1/N part.
         for batch in pipeline.eval_dataset(config.data, split_name(config, which),
-                                           batch_size=batch_size).as_numpy_iterator():
+                                           batch_size=batch_size, process_index=0,
+                                           process_count=1).as_numpy_iterator():
             if max_examples is not None:
                 batch = {k: v[:max_examples - seen] for k, v in batch.items()}
             yield batch
@@ -87,28 +90,32 @@ class SampleSheets:
         n = self.ev.sheet_size
         key = jax.random.key(self.ev.seed)
         self.z, self.y = generation.draw_latents(config, key, n)
-        self.real = next(iter(batches("eval", n))) if "E" in build_models(config) else None
+        models = build_models(config)
+        self.real = next(iter(batches("eval", n))) if "E" in models else None
+        self.sampler = generation.Sampler(config)
+        if self.real is not None:
+            E = models["E"]
+            self._encode = ShardedFn(lambda variables, xn: E.apply(
+                variables, xn["x"], train=False, noise=xn["noise"]), self.sampler.mesh)
 
     def run(self, state):
         ev = self.ev
         tag = f"{ev.generator}_{ev.bn_stats}"
-        sample = generation.make_sampler(self.config, state, ev.generator, ev.bn_stats,
-                                         jax.random.key(ev.seed + 1), ev.standing_batches,
-                                         ev.batch_size)
+        sample = self.sampler.bind(state, ev.generator, ev.bn_stats, jax.random.key(ev.seed + 1),
+                                   ev.standing_batches, ev.batch_size)
         images = {f"samples_{tag}": sheets.sample_sheet(sample, self.z, self.y)}
         half = self.z.shape[0] // 2
         images[f"interpolations_{tag}"] = sheets.interpolation_sheet(
             sample, self.z[:half // 2], self.z[half // 2:half], None if self.y is None
             else self.y[:half // 2], ev.interpolation_steps)
         if self.real is not None:
-            E = build_models(self.config)["E"]
-            variables = {"params": state.params["E"], **state.model_state["E"]}
-            noise = jax.random.normal(jax.random.key(ev.seed + 2),
-                                      (self.z.shape[0], self.config.model.z_dim))
-            encode = jax.jit(lambda x: E.apply(variables, x, train=False, noise=noise))
+            variables = replicate({"params": state.params["E"], **state.model_state["E"]},
+                                  self.sampler.mesh)
+            noise = np.asarray(jax.random.normal(jax.random.key(ev.seed + 2),
+                                                 (self.z.shape[0], self.config.model.z_dim)))
             images[f"reconstructions_{tag}"] = sheets.reconstruction_sheet(
-                sample, encode, jnp.asarray(self.real["image_e"]),
-                jnp.asarray(self.real["image_d"]), self.y)
+                sample, lambda x: self._encode(variables, {"x": x, "noise": noise}),
+                np.asarray(self.real["image_e"]), np.asarray(self.real["image_d"]), self.y)
         return {}, images
 
 
@@ -127,6 +134,7 @@ class FIDEvaluator:
         self.config, self.ev, self.workdir, self.batches = (
             config, eval_section(config), workdir, batches)
         self.features = features or InceptionFeatures(self.ev.inception_weights)
+        self.sampler = generation.Sampler(config)
         head = self.ev.get("inception_logits_head")
         self.logits_head = metrics.load_logits_head(head) if head else None
 
@@ -146,23 +154,23 @@ class FIDEvaluator:
         d, n = self.config.data, self.ev.fid_num_samples
         split = which if d.dataset == "synthetic" else split_name(self.config, which)
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d.dataset}_{split}_{d.resolution_d}px_{n}")
-        path = os.path.join(self.workdir, "fid_stats", f"{tag}.npz")
+        path = paths.path(self.workdir) / "fid_stats" / f"{tag}.npz"
         cached = probe.cached(path, lambda: dict(zip(("mu", "sigma"), self._stats(
             b["image_d"] for b in self.batches(which, n)), strict=True)))
         return cached["mu"], cached["sigma"]
 
     def run(self, state):
         ev, n = self.ev, self.ev.fid_num_samples
-        sample = generation.make_sampler(self.config, state, ev.generator, ev.bn_stats,
-                                         jax.random.key(ev.seed + 1), ev.standing_batches,
-                                         ev.batch_size)
+        sample = self.sampler.bind(state, ev.generator, ev.bn_stats, jax.random.key(ev.seed + 1),
+                                   ev.standing_batches, ev.batch_size)
 
         def fakes():
+            # Whole batches only (batch-mode BN sees eval.batch_size images every time); the
+            # last one is trimmed to N.
             keys = jax.random.split(jax.random.key(ev.seed + 3), -(-n // ev.batch_size))
             for i, k in enumerate(keys):
-                z, y = generation.draw_latents(self.config, k, min(ev.batch_size,
-                                                                   n - i * ev.batch_size))
-                yield sample(z, y)
+                z, y = generation.draw_latents(self.config, k, ev.batch_size)
+                yield sample(z, y)[:n - i * ev.batch_size]
 
         fake_features = [] if self.logits_head is not None else None
         mu, sigma = self._stats(fakes(), keep=fake_features)
@@ -179,12 +187,12 @@ class FIDEvaluator:
 
 
 def trained_features_path(workdir: str, step: int, params: str, which: str,
-                          limit: int | None = None) -> str:
+                          limit: int | None = None) -> paths.epath.Path:
     """Where the trained encoder's probe features of one split at one step are kept, so the
     run report (``bbg_jax.evaluation.report``) reuses the last evaluation's extraction. The
     name holds everything that selects them: step, raw or EMA weights, split, example limit."""
     first = "" if limit is None else f"_first{limit}"
-    return os.path.join(workdir, "features", f"trained_step{step}_{params}_{which}{first}.npz")
+    return paths.path(workdir) / "features" / f"trained_step{step}_{params}_{which}{first}.npz"
 
 
 class ProbeEvaluator:
@@ -199,9 +207,10 @@ class ProbeEvaluator:
     def __init__(self, config, batches: BatchesFn, workdir: str | None = None):
         self.config, self.ev, self.batches = config, eval_section(config), batches
         self.workdir = workdir
+        self.extract = probe.FeatureExtractor(build_models(config)["E"])
 
-    def _features(self, E, variables, step: int, which: str, limit: int | None):
-        compute = lambda: probe.encoder_features(E, variables, self.batches(which, limit))  # noqa: E731
+    def _features(self, variables, step: int, which: str, limit: int | None):
+        compute = lambda: self.extract(variables, self.batches(which, limit))  # noqa: E731
         if self.workdir is None:
             return compute()
         path = trained_features_path(self.workdir, step, self.ev.probe_params, which, limit)
@@ -212,20 +221,21 @@ class ProbeEvaluator:
         keep = {trained_features_path(self.workdir, step, ev.probe_params, w, limit)
                 for w, limit in (("train", ev.probe_max_train), ("trainval", None),
                                  ("eval", None))}
-        for path in glob.glob(os.path.join(self.workdir, "features", "trained_step*.npz")):
+        if jax.process_index() > 0:
+            return  # only process 0 writes (and deletes) files
+        for path in (paths.path(self.workdir) / "features").glob("trained_step*.npz"):
             if path not in keep:
-                os.remove(path)
+                path.unlink()
 
     def run(self, state):
         ev = self.ev
-        E = build_models(self.config)["E"]
         params = state.ema_params["E"] if ev.probe_params == "ema" else state.params["E"]
         variables = {"params": params, **state.model_state["E"]}
         step = int(jax.device_get(state.step))
         feats = {
-            "train": self._features(E, variables, step, "train", ev.probe_max_train),
-            "trainval": self._features(E, variables, step, "trainval", None),
-            "test": self._features(E, variables, step, "eval", None),
+            "train": self._features(variables, step, "train", ev.probe_max_train),
+            "trainval": self._features(variables, step, "trainval", None),
+            "test": self._features(variables, step, "eval", None),
         }
         if self.workdir is not None:
             self._drop_older_features(step)

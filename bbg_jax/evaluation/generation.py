@@ -17,7 +17,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
 from bbg_jax.train import sample_prior
 
@@ -45,50 +47,81 @@ def draw_latents(config: ml_collections.ConfigDict, key: jax.Array, n: int
     return z, y
 
 
-def standing_stats(config: ml_collections.ConfigDict, params, model_state, key: jax.Array,
-                   num_batches: int, batch_size: int):
-    """G's ``batch_stats`` replaced by the mean of per-batch moments over fresh samples.
+class Sampler:
+    """G's evaluation functions, jitted once over the mesh with the weights as arguments.
 
-    Each pass starts from zero statistics, so the stored update m·0 + (1-m)·moment is the
-    batch moment times (1-m); dividing by (1-m) recovers it exactly.
+    ``bind`` returns a (z, y) -> numpy images function for one state, weights and BN mode.
     """
-    G = build_models(config)["G"]
-    m = config.model.generator.bn_momentum
-    zeros = jax.tree.map(jnp.zeros_like, model_state["batch_stats"])
 
-    @jax.jit
-    def moments(k):
-        z, y = draw_latents(config, k, batch_size)
-        _, new = G.apply({"params": params, **model_state, "batch_stats": zeros}, z, y,
-                         train=True, mutable=["batch_stats", "spectral"])
-        return jax.tree.map(lambda s: s / (1.0 - m), new["batch_stats"])
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+        self.config = config
+        G = build_models(config)["G"]
+        self._momentum = config.model.generator.bn_momentum
 
-    total = jax.tree.map(jnp.zeros_like, zeros)
-    for k in jax.random.split(key, num_batches):
-        total = jax.tree.map(jnp.add, total, moments(k))
-    return jax.tree.map(lambda s: s / num_batches, total)
+        def batch_mode(variables, zy):
+            out, _ = G.apply(variables, zy["z"], zy.get("y"), train=True,
+                             mutable=["batch_stats", "spectral"])
+            return out.astype(jnp.float32)
+
+        def eval_mode(variables, zy):
+            return G.apply(variables, zy["z"], zy.get("y"), train=False).astype(jnp.float32)
+
+        def moments(variables, zy):
+            _, new = G.apply(variables, zy["z"], zy.get("y"), train=True,
+                             mutable=["batch_stats", "spectral"])
+            return jax.tree.map(lambda s: s / (1.0 - self._momentum), new["batch_stats"])
+
+        # Batch-mode BN normalises by the batch's own moments: rows are not independent.
+        self._fns = {"batch": ShardedFn(batch_mode, mesh, rows_independent=False),
+                     "standing": ShardedFn(eval_mode, mesh)}
+        self._moments = ShardedFn(moments, mesh, rows_independent=False, per_row_output=False)
+        self.mesh = self._moments.mesh
+
+    def standing_stats(self, params, model_state, key: jax.Array, num_batches: int,
+                       batch_size: int):
+        """G's ``batch_stats`` replaced by the mean of per-batch moments over fresh samples.
+
+        Each pass starts from zero statistics, so the stored update m·0 + (1-m)·moment is the
+        batch moment times (1-m); dividing by (1-m) recovers it exactly.
+        """
+        zeros = jax.tree.map(jnp.zeros_like, model_state["batch_stats"])
+        variables = replicate({"params": params, **model_state, "batch_stats": zeros},
+                              self.mesh)
+        total = None
+        for k in jax.random.split(key, num_batches):
+            m = self._moments(variables, _latents(self.config, k, batch_size))
+            total = m if total is None else jax.tree.map(np.add, total, m)
+        return jax.tree.map(lambda s: s / num_batches, total)
+
+    def bind(self, state, generator: str, bn: str, key: jax.Array, standing_batches: int = 100,
+             batch_size: int = 64) -> Callable[[jax.Array, jax.Array | None], np.ndarray]:
+        """(z, y) -> images in [-1, 1] for the chosen weights and statistics mode."""
+        if bn not in BN_MODES:
+            raise ValueError(f"eval bn_stats={bn!r}; choose one of {BN_MODES}")
+        params = generator_params(state, generator)
+        model_state = dict(state.model_state["G"])
+        if bn == "standing":
+            model_state["batch_stats"] = self.standing_stats(params, model_state, key,
+                                                             standing_batches, batch_size)
+        variables = replicate({"params": params, **model_state}, self.mesh)
+        fn = self._fns[bn]
+
+        def sample(z, y=None):
+            zy = {"z": np.asarray(z)}
+            if y is not None:
+                zy["y"] = np.asarray(y)
+            return fn(variables, zy)
+
+        return sample
+
+
+def _latents(config, key, n) -> dict[str, np.ndarray]:
+    z, y = draw_latents(config, key, n)
+    return {"z": np.asarray(z)} if y is None else {"z": np.asarray(z), "y": np.asarray(y)}
 
 
 def make_sampler(config: ml_collections.ConfigDict, state, generator: str, bn: str,
                  key: jax.Array, standing_batches: int = 100, batch_size: int = 64
-                 ) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
-    """A jitted (z, y) -> images in [-1, 1] for the chosen weights and statistics mode."""
-    if bn not in BN_MODES:
-        raise ValueError(f"eval bn_stats={bn!r}; choose one of {BN_MODES}")
-    G = build_models(config)["G"]
-    params = generator_params(state, generator)
-    model_state = dict(state.model_state["G"])
-    if bn == "standing":
-        model_state["batch_stats"] = standing_stats(config, params, model_state, key,
-                                                    standing_batches, batch_size)
-
-    @jax.jit
-    def sample(z, y):
-        variables = {"params": params, **model_state}
-        if bn == "batch":
-            out, _ = G.apply(variables, z, y, train=True, mutable=["batch_stats", "spectral"])
-        else:
-            out = G.apply(variables, z, y, train=False)
-        return out.astype(jnp.float32)
-
-    return sample
+                 ) -> Callable[[jax.Array, jax.Array | None], np.ndarray]:
+    """A one-off ``Sampler(config).bind(...)``; evaluators keep their Sampler across steps."""
+    return Sampler(config).bind(state, generator, bn, key, standing_batches, batch_size)

@@ -295,29 +295,24 @@ def load_params(path: str | None = None) -> dict:
 
 
 class InceptionFeatures:
-    """Images in [-1, 1] -> 2048-d FID features, jitted once per batch shape.
+    """Images in [-1, 1] -> 2048-d FID features (numpy), jitted once per batch shape.
 
-    The batch is split over this process's devices (evaluation runs on one process), padded to
-    a multiple of their number: each image's features are independent of the batch. On a 2-core
-    CPU with 2 simulated devices this is 1.4x faster than one device, bit-identical.
+    The batch is split over the mesh (every process's devices: ``bbg_jax.evaluation.sharded``),
+    padded to a multiple of their number: each image's features are independent of the batch.
+    On a 2-core CPU with 2 simulated devices this is 1.4x faster than one device, bit-identical.
     """
 
     def __init__(self, weights_path: str | None = None, precision: str = "highest",
-                 quantize: bool = True):
-        self._mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",))
-        replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
-        self._split = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec("batch"))
-        self.params = jax.device_put(load_params(weights_path), replicated)
+                 quantize: bool = True, mesh=None):
+        from bbg_jax.evaluation.sharded import ShardedFn, replicate
+
         net = FIDInceptionV3(precision=precision)
 
         def features(params, images):
             return net.apply({"params": params}, preprocess(images, quantize))
 
-        self._fn = jax.jit(features)
+        self._fn = ShardedFn(features, mesh)
+        self.params = replicate(load_params(weights_path), self._fn.mesh)
 
-    def __call__(self, images: jax.Array) -> jax.Array:
-        b, n = images.shape[0], self._mesh.devices.size
-        if b % n:
-            images = jnp.concatenate([images, jnp.zeros((n - b % n, *images.shape[1:]),
-                                                        images.dtype)])
-        return self._fn(self.params, jax.device_put(images, self._split))[:b]
+    def __call__(self, images) -> np.ndarray:
+        return self._fn(self.params, np.asarray(images))

@@ -34,9 +34,11 @@ def encode_png(image: np.ndarray) -> bytes:
             + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + _chunk(b"IEND", b""))
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        f.write(encode_png(image))
+def write_png(path, image: np.ndarray) -> None:
+    """Writes ``image`` to ``path`` (local or object store, atomically)."""
+    from bbg_jax import paths
+
+    paths.write_atomic(path, encode_png(image))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ The classifier is not retrained on train + train_val.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
@@ -20,6 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from bbg_jax import paths
+from bbg_jax.evaluation.sharded import ShardedFn, one_answer, replicate
+from bbg_jax.paths import PathLike
 
 FEATURES = ("avepool_feat", "bn_crelu_feat")
 # Short names used in metric names: probe_top1_bn_crelu_trainval.
@@ -45,40 +48,52 @@ class ProbeResult:
     bias: np.ndarray               # [K]
 
 
-def encoder_features(encoder: nn.Module, variables: dict, batches: Iterable[dict],
-                     image_key: str = "image_e") -> dict[str, np.ndarray]:
-    """Frozen-E features of every example: {avepool_feat, bn_crelu_feat, label} as numpy.
+class FeatureExtractor:
+    """Frozen E's probe features, jitted once over the mesh with E's variables as arguments.
 
     E runs with ``train=False``: BN layers use their running statistics, so the features of an
     example do not depend on its batch; the posterior noise is irrelevant and set to zero.
     """
-    @jax.jit
-    def forward(x):
-        z_dim = encoder.z_dim
-        out = encoder.apply(variables, x, train=False, noise=jnp.zeros((x.shape[0], z_dim)))
-        return {k: out[k] for k in FEATURES}
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (*FEATURES, "label")}
-    for batch in batches:
-        out = forward(jnp.asarray(batch[image_key]))
-        for k in FEATURES:
-            parts[k].append(np.asarray(out[k], np.float32))
-        parts["label"].append(np.asarray(batch["label"], np.int32))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    def __init__(self, encoder: nn.Module, mesh=None):
+        def forward(variables, x):
+            out = encoder.apply(variables, x, train=False,
+                                noise=jnp.zeros((x.shape[0], encoder.z_dim)))
+            return {k: out[k].astype(jnp.float32) for k in FEATURES}
+
+        self._forward = ShardedFn(forward, mesh)
+
+    def __call__(self, variables: dict, batches: Iterable[dict], image_key: str = "image_e"
+                 ) -> dict[str, np.ndarray]:
+        """Features of every example: {avepool_feat, bn_crelu_feat, label} as numpy."""
+        variables = replicate(variables, self._forward.mesh)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in (*FEATURES, "label")}
+        for batch in batches:
+            out = self._forward(variables, np.asarray(batch[image_key]))
+            for k in FEATURES:
+                parts[k].append(out[k])
+            parts["label"].append(np.asarray(batch["label"], np.int32))
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def cached(path: str | None, compute: Callable[[], dict[str, np.ndarray]]
+def encoder_features(encoder: nn.Module, variables: dict, batches: Iterable[dict],
+                     image_key: str = "image_e") -> dict[str, np.ndarray]:
+    """A one-off ``FeatureExtractor(encoder)(variables, batches)``."""
+    return FeatureExtractor(encoder)(variables, batches, image_key)
+
+
+def cached(path: PathLike | None, compute: Callable[[], dict[str, np.ndarray]]
            ) -> dict[str, np.ndarray]:
-    """``compute()`` once, stored as ``path`` (.npz) when a path is given."""
-    if path and os.path.exists(path):
-        with np.load(path) as f:
-            return dict(f)
+    """``compute()`` once, stored as ``path`` (.npz, any epath location) when a path is given.
+
+    Every process must take the same branch (computing is collective): process 0 decides
+    whether the file exists and tells the others; only process 0 writes it.
+    """
+    if path and one_answer(paths.path(path).exists()):
+        return paths.load_npz(path)
     arrays = compute()
-    if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a preempted write never leaves a truncated cache
+    if path and jax.process_index() == 0:
+        paths.save_npz(path, arrays)  # atomic: a preempted write never leaves a truncated cache
     return arrays
 
 

@@ -20,8 +20,6 @@ evaluated the step (DIR/features/trained_step{N}_raw_*.npz), else extracted afre
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import flax
@@ -31,8 +29,10 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from bbg_jax import paths
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import generation, probe, standalone
+from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
 from bbg_jax.models.build import example_inputs
 
@@ -116,24 +116,25 @@ def reconstruction_agreement(config, state, classifier: probe.ProbeResult, featu
     """Probe predictions on x vs on G(E(x)) for every evaluation image."""
     ev = evaluators_lib.eval_section(config)
     E = build_models(config)["E"]
-    e_vars = {"params": state.params["E"], **state.model_state["E"]}
-    sample = generation.make_sampler(config, state, ev.generator, ev.bn_stats,
-                                     jax.random.key(ev.seed + 1), ev.standing_batches,
-                                     ev.batch_size)
+    sampler = generation.Sampler(config)
+    e_vars = replicate({"params": state.params["E"], **state.model_state["E"]}, sampler.mesh)
+    sample = sampler.bind(state, ev.generator, ev.bn_stats, jax.random.key(ev.seed + 1),
+                          ev.standing_batches, ev.batch_size)
     res_e = config.model.encoder.resolution
     z_dim = config.model.z_dim
 
-    @jax.jit
+    forward = ShardedFn(lambda variables, x: E.apply(
+        variables, x, train=False, noise=jnp.zeros((x.shape[0], z_dim))), sampler.mesh)
+
     def encode(x):
-        return E.apply(e_vars, x, train=False, noise=jnp.zeros((x.shape[0], z_dim)))
+        return forward(e_vars, np.asarray(x))
 
     def predict(feat):
         return np.argmax(np.asarray(feat) @ classifier.weights + classifier.bias, -1)
 
     same, correct_x, correct_r, n = 0, 0, 0, 0
     for b in batches:
-        x = jnp.asarray(b["image_e"])
-        out = encode(x)
+        out = encode(b["image_e"])
         recon = sample(out["z_mean"], None)
         if recon.shape[1] != res_e:  # G's resolution differs from E's: resize as the data does
             recon = jax.image.resize(recon, (recon.shape[0], res_e, res_e, recon.shape[3]),
@@ -173,7 +174,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         return {s: probe.cached(path(s), lambda s=s: compute(s)) for s in SPLITS}
 
     def fixed(name):
-        return lambda s: os.path.join(workdir, "features", f"{name}_{s}.npz")
+        return lambda s: paths.path(workdir) / "features" / f"{name}_{s}.npz"
 
     features = {
         "pixels": timed("pixel_features", lambda: split_features(
@@ -219,10 +220,8 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         "seconds": round(time.time() - t0, 1),
         "seconds_by_part": seconds,
     }
-    path = os.path.join(workdir, "report.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    if jax.process_index() == 0:
+        paths.write_json(paths.path(workdir) / "report.json", report)
     return report
 
 

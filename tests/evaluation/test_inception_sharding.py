@@ -12,14 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import sys
 import jax, numpy as np
+from bbg_jax import sharding
 from bbg_jax.evaluation.inception import InceptionFeatures
 assert len(jax.devices()) == 2
 f = InceptionFeatures()
 x = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
 odd = f(x)                     # padded to 4, split over both devices
 even = f(np.concatenate([x, x[:1]]))
-one = f._fn(jax.device_put(f.params, jax.devices()[0]), jax.device_put(x, jax.devices()[0]))
-np.savez(sys.argv[1], odd=odd, even=even, one=one, devices=len(odd.sharding.device_set))
+one = InceptionFeatures(mesh=sharding.make_mesh(jax.devices()[:1]))(x)
+np.savez(sys.argv[1], odd=odd, even=even, one=one, devices=f._fn.mesh.devices.size)
 """
 
 
