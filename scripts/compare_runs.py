@@ -16,21 +16,21 @@ import os
 
 import numpy as np
 
+from bbg_jax import paths
 from bbg_jax.evaluation import standalone
 
 DEFAULT_KEYS = ("d_loss", "g_loss", "e_loss", "online_probe_top1_train")
 
 
 def load_metrics(workdir: str) -> dict[int, dict[str, float]]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.path(workdir) / "metrics.jsonl"  # local or gs://
+    if not path.exists():
         raise SystemExit(f"{path} does not exist: train with this version of bbg_jax.loop "
                          "(it writes one JSON line per logged step).")
     rows = {}
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            rows[int(row.pop("step"))] = row
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[int(row.pop("step"))] = row
     return rows
 
 

@@ -5,18 +5,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
 import numpy as np
 
+from bbg_jax import paths
+
 
 def load(path: str) -> dict:
-    if os.path.isdir(path):
-        path = os.path.join(path, "report.json")
-    with open(path) as f:
-        return json.load(f)
+    p = paths.path(path)  # a workdir or its report.json, local or gs://
+    return paths.read_json(p / "report.json" if p.is_dir() else p)
 
 
 def mean_std(values) -> str:

@@ -156,3 +156,15 @@ def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):
     assert {"raw_pixels", "bigbigan_bn_crelu"} <= set(summary["probe"])
     assert summary["fid"]["first"]["step"] == 3 and summary["fid"]["last"]["step"] == 6
     _no_local_gs_folder(tmp_path, ROOT)
+
+
+@pytest.mark.parametrize("module", [
+    "loop.py", "checkpoint.py", "evaluation/standalone.py", "evaluation/evaluators.py",
+    "evaluation/report.py", "evaluation/probe.py", "evaluation/metrics.py",
+    "evaluation/png.py"])
+def test_workdir_code_uses_the_path_layer_only(module):
+    """pathlib, os.path, open, glob and shutil know no buckets: bbg_jax.paths (epath) only."""
+    source = (ROOT / "bbg_jax" / module).read_text()
+    for banned in ("pathlib", "os.path", "open(", "import glob", "shutil", "os.replace",
+                   "os.makedirs"):
+        assert banned not in source, (module, banned)

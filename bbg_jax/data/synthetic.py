@@ -45,10 +45,16 @@ def synthetic_batches(c: ml_collections.ConfigDict, *, start_step: int = 0,
                       process_index: int = 0, process_count: int = 1,
                       distinct_batches: int = 4, num_classes: int = 1000
                       ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless per-process batches in the format of ``pipeline.train_dataset``."""
+    """Endless per-process batches in the format of ``pipeline.train_dataset``.
+
+    Process p gets rows [p*b, (p+1)*b) of one global batch (the rows its devices hold), so any
+    number of processes trains on exactly what one process would.
+    """
     batch = per_process_batch_size(c.batch_size, process_count)
-    pool = [synthetic_batch(batch, c.resolution_e, c.resolution_d, c.channels,
-                            seed=(c.seed, process_index, i), num_classes=num_classes)
+    rows = slice(process_index * batch, (process_index + 1) * batch)
+    pool = [{k: v[rows] for k, v in synthetic_batch(
+                c.batch_size, c.resolution_e, c.resolution_d, c.channels, seed=(c.seed, 0, i),
+                num_classes=num_classes).items()}
             for i in range(distinct_batches)]
     step = start_step
     while True:

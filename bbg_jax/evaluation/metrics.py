@@ -5,8 +5,6 @@ Nothing here knows about networks: callers feed features or logits batch by batc
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 
@@ -92,16 +90,18 @@ def load_logits_head(path: str) -> tuple[np.ndarray, np.ndarray]:
 
     ``python -m bbg_jax.evaluation.logits_head`` writes one from the original TF graph.
     """
-    if not os.path.exists(path):
+    from bbg_jax import paths
+
+    if not paths.path(path).exists():
         raise FileNotFoundError(
             f"eval.inception_logits_head={path!r} does not exist: convert the TF 2015-12-05 "
             "Inception graph's softmax layer with `python -m bbg_jax.evaluation.logits_head "
             "--graph classify_image_graph_def.pb --out head.npz` or unset it (IS is skipped).")
-    with np.load(path) as f:
-        if "kernel" not in f or "bias" not in f:
-            raise ValueError(f"{path} must hold arrays 'kernel' [2048, K] and 'bias' [K]; "
-                             f"it has {sorted(f.files)}")
-        kernel, bias = np.asarray(f["kernel"], np.float64), np.asarray(f["bias"], np.float64)
+    f = paths.load_npz(path)
+    if "kernel" not in f or "bias" not in f:
+        raise ValueError(f"{path} must hold arrays 'kernel' [2048, K] and 'bias' [K]; "
+                         f"it has {sorted(f)}")
+    kernel, bias = np.asarray(f["kernel"], np.float64), np.asarray(f["bias"], np.float64)
     if kernel.ndim != 2 or kernel.shape[0] != 2048 or bias.shape != (kernel.shape[1],):
         raise ValueError(f"{path}: kernel {kernel.shape} / bias {bias.shape} do not form a "
                          "[2048, K] / [K] head on the 2048-d pool features")

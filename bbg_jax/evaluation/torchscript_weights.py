@@ -97,8 +97,12 @@ class _Unpickler(pickle.Unpickler):
 
 
 def load_script_object(path: str) -> Any:
-    """The unpickled ``data.pkl`` of a TorchScript zip: ScriptObjects whose tensors are numpy."""
-    with zipfile.ZipFile(path) as archive:
+    """The unpickled ``data.pkl`` of a TorchScript zip: ScriptObjects whose tensors are numpy.
+
+    ``path`` may be local or in an object store (read whole through ``bbg_jax.paths``)."""
+    from bbg_jax import paths
+
+    with zipfile.ZipFile(io.BytesIO(paths.path(path).read_bytes())) as archive:
         pkls = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pkls) != 1:
             raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkls}")

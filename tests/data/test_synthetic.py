@@ -38,3 +38,12 @@ def test_global_batch_on_mesh():
     assert arrays["image_e"].shape == local["image_e"].shape  # one process: global == local
     assert arrays["image_e"].sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(arrays["label"]), local["label"])
+
+
+def test_process_parts_tile_the_one_process_batch():
+    c = config.data_config("fashion_mnist", batch_size=8)
+    whole = next(synthetic.synthetic_batches(c, distinct_batches=2))
+    parts = [next(synthetic.synthetic_batches(c, process_index=p, process_count=2,
+                                              distinct_batches=2)) for p in (0, 1)]
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])

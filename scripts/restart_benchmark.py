@@ -1,0 +1,57 @@
+"""Restart time with and without the persistent compilation cache.
+
+    .venv/bin/python scripts/restart_benchmark.py [--config experiments/smoke.py] [--steps 3]
+
+For each mode (cache under the workdir, no cache) it trains ``--steps`` steps in a new workdir
+(the first start), then restarts the same command with ``2 x --steps`` (a resume, as after a
+preemption) and prints the wall time of each start, up to the end of the run, as JSON lines.
+Evaluation is off: the figure is the train step's compile against its cache load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(config: str, workdir: str, steps: int, cache: str) -> float:
+    cmd = [sys.executable, "-m", "bbg_jax.main", f"--config={config}", f"--workdir={workdir}",
+           f"--config.train.num_steps={steps}", f"--config.train.checkpoint_every={steps}",
+           "--config.eval.every_steps=0", f"--config.train.compilation_cache_dir={cache}"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
+                                                                             "cpu")})
+    if out.returncode:
+        sys.exit(out.stdout[-3000:] + out.stderr[-3000:])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="experiments/smoke.py")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    for mode in ("cache", "no_cache"):
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = os.path.join(tmp, "run")
+            cache = "WORKDIR/compilation_cache" if mode == "cache" else ""
+            first = _run(args.config, workdir, args.steps, cache)
+            restart = _run(args.config, workdir, 2 * args.steps, cache)
+        print(json.dumps({"config": args.config, "mode": mode, "first_start_s": round(first, 1),
+                          "restart_s": round(restart, 1), "steps_per_start": args.steps,
+                          "machine": f"{platform.machine()} {os.cpu_count()} cores"}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
