@@ -173,6 +173,12 @@ def use_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> No
     where = config.train.get("compilation_cache_dir", "")
     if not where:
         return
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        # JAX keys CPU executables per process and only process 0 writes entries, so the other
+        # processes would compile while process 0 loads, and the first collective would time out
+        # waiting for them (gloo: 30 s). TPU and GPU keys are the same on every host.
+        log.warning("Persistent compilation cache off: multi-process CPU run.")
+        return
     if where.startswith("WORKDIR/"):
         where = str(paths.path(workdir) / where[len("WORKDIR/"):])
     jax.config.update("jax_compilation_cache_dir", where)

@@ -63,6 +63,11 @@ def gcs_emulator(tmp_path_factory):
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     saved = {k: _os.environ.get(k) for k in env}
     _os.environ.update(env)
+    # epath decides once per process whether gs:// goes to TensorFlow; an earlier test may have
+    # made it decide before EPATH_USE_TF was set.
+    from etils.epath import gpath
+
+    gpath._is_tf_installed.cache_clear()
     try:
         yield env
     finally:
@@ -71,6 +76,7 @@ def gcs_emulator(tmp_path_factory):
                 _os.environ.pop(k, None)
             else:
                 _os.environ[k] = v
+        gpath._is_tf_installed.cache_clear()
         server.terminate()
         server.wait(timeout=10)
 

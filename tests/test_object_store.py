@@ -63,7 +63,17 @@ def _no_local_gs_folder(*dirs):
 
 
 @pytest.fixture(scope="module")
-def trained(gcs_emulator, tmp_path_factory, compilation_cache):
+def bucket_cache(gcs_emulator):
+    """The persistent compilation cache in a bucket, shared by this module's runs."""
+    import gcsfs
+
+    bucket = f"bbg-xla-cache-{os.getpid()}"
+    gcsfs.GCSFileSystem(token="anon").mkdir(bucket)
+    return f"gs://{bucket}/xla"
+
+
+@pytest.fixture(scope="module")
+def trained(gcs_emulator, tmp_path_factory, bucket_cache):
     """The smoke config trained for 6 steps in gs://<bucket>/run with every evaluator."""
     import gcsfs
 
@@ -72,12 +82,12 @@ def trained(gcs_emulator, tmp_path_factory, compilation_cache):
     cwd = tmp_path_factory.mktemp("cwd")
     start = time.time()
     out = _main(f"{bucket}/run", *EVAL, env=_env(gcs_emulator), cwd=cwd,
-                compilation_cache=compilation_cache)
+                compilation_cache=bucket_cache)
     print(f"smoke run into the bucket: {time.time() - start:.0f} s")
     return f"{bucket}/run", cwd, out
 
 
-def test_training_writes_every_artefact_into_the_bucket(trained):
+def test_training_writes_every_artefact_into_the_bucket(trained, bucket_cache):
     workdir, cwd, _ = trained
     _fresh()
     run = epath.Path(workdir)
@@ -104,15 +114,17 @@ def test_training_writes_every_artefact_into_the_bucket(trained):
     # TensorBoard's events hold the scalars (the file is a full copy of the staged one).
     events = next(p for p in run.iterdir() if p.name.startswith("events.out"))
     assert b"d_loss" in events.read_bytes()
+    # The compiled train step is in the bucket's compilation cache (gs:// works there too).
+    assert any("train_step" in p.name for p in epath.Path(bucket_cache).iterdir())
     _no_local_gs_folder(cwd, ROOT)
 
 
 def test_sigkill_then_resume_from_the_bucket_is_bit_exact(trained, gcs_emulator, tmp_path,
-                                                          compilation_cache, gcs_bucket):
+                                                          bucket_cache, gcs_bucket):
     reference, _, _ = trained
     workdir = f"{gcs_bucket}/killed"
     proc = _main(workdir, env=_env(gcs_emulator, BBG_DEBUG_HANG_AT_STEP="3"), cwd=tmp_path,
-                 compilation_cache=compilation_cache, wait=False)
+                 compilation_cache=bucket_cache, wait=False)
     marker = epath.Path(workdir) / "hanging_at_3"
     deadline = time.time() + 600
     while _fresh() or not marker.exists():
@@ -124,8 +136,7 @@ def test_sigkill_then_resume_from_the_bucket_is_bit_exact(trained, gcs_emulator,
     _fresh()
     steps = [p.name for p in (epath.Path(workdir) / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps == ["3"]
-    out = _main(workdir, env=_env(gcs_emulator), cwd=tmp_path,
-                compilation_cache=compilation_cache)
+    out = _main(workdir, env=_env(gcs_emulator), cwd=tmp_path, compilation_cache=bucket_cache)
     assert "resumed from step 3" in out
     _fresh()
     a, b = _state(workdir, 6), _state(reference, 6)
@@ -135,6 +146,18 @@ def test_sigkill_then_resume_from_the_bucket_is_bit_exact(trained, gcs_emulator,
     rows = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     _no_local_gs_folder(tmp_path, ROOT)
+
+
+def test_async_checkpoints_in_the_bucket_equal_synchronous_ones(trained, gcs_emulator, tmp_path,
+                                                                bucket_cache, gcs_bucket):
+    reference, _, _ = trained
+    workdir = f"{gcs_bucket}/async"
+    _main(workdir, "--config.train.async_checkpointing=True", env=_env(gcs_emulator),
+          cwd=tmp_path, compilation_cache=bucket_cache)
+    for step in (3, 6):
+        a, b = _state(workdir, step), _state(reference, step)
+        assert all(np.array_equal(x, y) for x, y in zip(
+            jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
 
 
 def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):

@@ -64,9 +64,9 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     config, workdir, state = _smoke_checkpoint(tmp_path)
     batches = evaluators.dataset_batches(config, 16)
     extractions, calibrations = [], []
-    extract, calibrate = probe.encoder_features, report.random_encoder_variables
-    monkeypatch.setattr(probe, "encoder_features",
-                        lambda *a, **k: extractions.append(1) or extract(*a, **k))
+    extract, calibrate = probe.FeatureExtractor.__call__, report.random_encoder_variables
+    monkeypatch.setattr(probe.FeatureExtractor, "__call__",
+                        lambda self, *a, **k: extractions.append(1) or extract(self, *a, **k))
     monkeypatch.setattr(report, "random_encoder_variables",
                         lambda *a, **k: calibrations.append(1) or calibrate(*a, **k))
 
