@@ -176,7 +176,8 @@ def use_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> No
     if jax.process_count() > 1 and jax.default_backend() == "cpu":
         # JAX keys CPU executables per process and only process 0 writes entries, so the other
         # processes would compile while process 0 loads, and the first collective would time out
-        # waiting for them (gloo: 30 s). TPU and GPU keys are the same on every host.
+        # waiting for them (gloo: 30 s). JAX strips the device assignment from GPU keys for this
+        # reason; multi-host TPU is the cache's documented use.
         log.warning("Persistent compilation cache off: multi-process CPU run.")
         return
     if where.startswith("WORKDIR/"):
