@@ -3,10 +3,9 @@
 * two processes (4 CPU devices each, the documented JAX_* variables) train the smoke config with
   periodic evaluation (sample sheets, the probe, FID on 16 images) and match one 8-device
   process's training and evaluation metrics;
-* SIGTERM to one of two processes: both checkpoint the same step and exit 0, and the resumed
-  run is bit-identical to the uninterrupted one;
-* started with SLURM's variables as ``srun`` sets them (no coordinator flags), they find each
-  other and train;
+* SIGTERM to one of two processes: both checkpoint the same step and exit 0; the resumed run,
+  started with SLURM's variables as ``srun`` sets them (no coordinator flags), finds its peer
+  and is bit-identical to the uninterrupted one;
 * a wrong or partial set of JAX_* variables stops with one line.
 
 Multi-process CPU runs compile every time: JAX keys CPU executables per process, so the
@@ -143,7 +142,7 @@ def test_two_processes_train_and_evaluate_like_one(two_and_one):
     assert np.linalg.norm(flat_b - flat_a) / np.linalg.norm(flat_a) < 1e-4
 
 
-def test_sigterm_to_one_process_checkpoints_one_step_on_both(two_and_one, tmp_path,
+def test_sigterm_to_one_process_then_resume_under_slurm(two_and_one, tmp_path,
                                                            compilation_cache):
     reference = two_and_one[0]
     # Both pause a second per step from step 2, so the signal lands mid-run.
@@ -162,24 +161,19 @@ def test_sigterm_to_one_process_checkpoints_one_step_on_both(two_and_one, tmp_pa
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved[-1] == step, saved
 
-    outs = _finish(_pair(tmp_path, compilation_cache))
-    assert f"resumed from step {step}" in outs[0]
-    a, b = _state(tmp_path, 6), _state(reference, 6)
-    assert all(np.array_equal(x, y) for x, y in zip(
-        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
-
-
-def test_processes_started_as_srun_starts_them_find_each_other(tmp_path, compilation_cache):
-    # jax derives the coordinator's port from the job id: 61440 + job_id % 4096.
+    # The requeued job, started as srun starts it: SLURM's variables only, no JAX_* ones. jax
+    # derives the coordinator's port from the job id: 61440 + job_id % 4096.
     port = free_port(low=61440 + os.getpid() % 2048)
     slurm = {"SLURM_JOB_ID": str(port - 61440), "SLURM_NTASKS": "2",
              "SLURM_STEP_NODELIST": "127.0.0.1", "SLURM_STEP_NUM_NODES": "1",
              "SLURM_NODELIST": "127.0.0.1"}
-    procs = [_start(tmp_path, 4, {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
-                    compilation_cache, "--config.train.num_steps=3") for i in (0, 1)]
-    outs = _finish(procs)
-    assert "8 devices" in outs[0]
-    assert (tmp_path / "checkpoints" / "3").is_dir()
+    outs = _finish([_start(tmp_path, 4, {**slurm, "SLURM_PROCID": str(i),
+                                         "SLURM_LOCALID": str(i)}, compilation_cache)
+                    for i in (0, 1)])
+    assert f"resumed from step {step}" in outs[0] and "8 devices" in outs[0]
+    a, b = _state(tmp_path, 6), _state(reference, 6)
+    assert all(np.array_equal(x, y) for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
 
 
 @pytest.mark.parametrize("env, message", [
