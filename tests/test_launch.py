@@ -151,18 +151,13 @@ def test_tpu_usage_lists_every_command_and_variable():
     assert _bash(TPU_POD, "--help").returncode == 0
 
 
-@pytest.mark.parametrize("missing", ["PROJECT", "ZONE", "TPU_NAME"])
-def test_tpu_fails_clearly_without_a_required_variable(missing):
-    env = {k: v for k, v in POD.items() if k != missing}
-    result = _bash(TPU_POD, "status", env={"DRY_RUN": "1", **env})
-    assert result.returncode != 0 and f"set {missing}" in result.stderr
-    assert "+ " not in result.stdout
-
-
-@pytest.mark.parametrize("missing", ["BUCKET", "CONFIG", "RUN"])
-def test_tpu_run_fails_clearly_without_a_required_variable(missing):
-    env = {k: v for k, v in POD_RUN.items() if k != missing}
-    result = _bash(TPU_POD, "run", env={"DRY_RUN": "1", **env})
+@pytest.mark.parametrize("command, missing", [
+    ("status", "PROJECT"), ("status", "ZONE"), ("status", "TPU_NAME"),
+    ("run", "BUCKET"), ("run", "CONFIG"), ("run", "RUN")])
+def test_tpu_fails_clearly_without_a_required_variable(command, missing):
+    given = POD_RUN if command == "run" else POD
+    env = {k: v for k, v in given.items() if k != missing}
+    result = _bash(TPU_POD, command, env={"DRY_RUN": "1", **env})
     assert result.returncode != 0 and f"set {missing}" in result.stderr
     assert "+ " not in result.stdout
 

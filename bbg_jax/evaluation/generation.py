@@ -118,10 +118,3 @@ class Sampler:
 def _latents(config, key, n) -> dict[str, np.ndarray]:
     z, y = draw_latents(config, key, n)
     return {"z": np.asarray(z)} if y is None else {"z": np.asarray(z), "y": np.asarray(y)}
-
-
-def make_sampler(config: ml_collections.ConfigDict, state, generator: str, bn: str,
-                 key: jax.Array, standing_batches: int = 100, batch_size: int = 64
-                 ) -> Callable[[jax.Array, jax.Array | None], np.ndarray]:
-    """A one-off ``Sampler(config).bind(...)``; evaluators keep their Sampler across steps."""
-    return Sampler(config).bind(state, generator, bn, key, standing_batches, batch_size)

@@ -161,6 +161,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     max_train = ev.probe_max_train
     limits = {"train": max_train, "trainval": None, "eval": None}
     E = build_models(config)["E"]
+    extract = probe.FeatureExtractor(E)  # jitted once for every split and both encoders
 
     seconds: dict[str, float] = {}  # where the report's time goes, kept in report.json
 
@@ -181,9 +182,8 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
             lambda s: pixel_features(batches_fn(s, limits[s])), fixed("pixels"))),
         # The probe evaluator kept these if it evaluated this step (same batches and limits).
         "trained": timed("trained_features", lambda: split_features(
-            lambda s: probe.encoder_features(
-                E, {"params": state.params["E"], **state.model_state["E"]},
-                batches_fn(s, limits[s])),
+            lambda s: extract({"params": state.params["E"], **state.model_state["E"]},
+                              batches_fn(s, limits[s])),
             lambda s: evaluators_lib.trained_features_path(workdir, step, "raw", s, limits[s]))),
     }
     # One random initialisation per training seed, so the baseline row has its own seed spread.
@@ -194,7 +194,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         if not random_vars:
             random_vars.append(timed("random_encoder_calibration", lambda: (
                 random_encoder_variables(config, batches_fn("train", None), random_seed))))
-        return probe.encoder_features(E, random_vars[0], batches_fn(s, limits[s]))
+        return extract(random_vars[0], batches_fn(s, limits[s]))
 
     features["random"] = timed("random_features", lambda: split_features(
         random_features, fixed(f"random_encoder_seed{random_seed}")))
