@@ -8,23 +8,29 @@ Resume precedence (as maxtext documents it):
   3. otherwise a fresh initialisation.
 A workdir checkpoint written with a different model config is refused, naming the differing keys.
 Orbax writes each step to a temporary directory and renames it when complete, so a process killed
-mid-save leaves the previous checkpoint as the latest one.
+mid-save leaves the previous checkpoint as the latest one. A step whose files are damaged
+(truncated, metadata missing) is skipped for the newest one that restores, and moved aside to
+``<workdir>/checkpoints_damaged/`` (``restore_latest``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 from bbg_jax import paths
 from bbg_jax.train_state import TrainState
 
 _STATE, _CONFIG, _DATA = "state", "config", "data"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -90,33 +96,90 @@ def config_differences(saved: dict, current: ml_collections.ConfigDict, section:
                   and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k]))
 
 
+class CheckpointDamagedError(RuntimeError):
+    """No checkpoint in the workdir can be restored (and there is at least one)."""
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an orbax/tensorstore error, short enough for one log line."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{type(error).__name__}: {line[:200]}"
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    """Renames a damaged step's directory to ``checkpoints_damaged/<step>[.<n>]`` beside
+    ``checkpoints`` (process 0), out of orbax's sight, and keeps it for inspection."""
+    source = paths.path(manager.directory) / str(step)
+    aside = paths.path(manager.directory).parent / "checkpoints_damaged"
+    target, n = aside / str(step), 1
+    while target.exists():
+        target, n = aside / f"{step}.{n}", n + 1
+    if jax.process_index() == 0:
+        aside.mkdir(parents=True, exist_ok=True)
+        if paths.is_remote(source):  # an object store has no directory rename
+            paths.copytree(source, target)
+            paths.rmtree(source)
+        else:
+            source.rename(target)
+    return target
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                    config: ml_collections.ConfigDict
                    ) -> tuple[TrainState, dict[str, int]] | None:
-    """The latest checkpoint's state and data position, or None when there is none."""
-    step = manager.latest_step()
-    if step is None:
-        return None
-    saved_config = manager.restore(step, args=ocp.args.Composite(
-        **{_CONFIG: ocp.args.JsonRestore()}))[_CONFIG]
-    diff = config_differences(saved_config, config, "model")
-    if diff:
-        raise CheckpointMismatchError(
-            f"The checkpoint at step {step} in {manager.directory} was written with a different "
-            f"model config; differing keys: {', '.join(diff)}. Use the original config, or "
-            "start a new workdir (config.train.init_from can load parameters into a fresh run)."
-        )
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardRestore(abstract_state),
-            _DATA: ocp.args.JsonRestore(),
-        }))
-    except Exception as e:  # orbax raises several types for unreadable or mismatched data
-        raise CheckpointMismatchError(
-            f"Could not restore the checkpoint at step {step} in {manager.directory}: {e}. If "
-            "it is corrupt, delete that step's directory to fall back to the previous one."
-        ) from e
-    return restored[_STATE], dict(restored[_DATA])
+    """The newest checkpoint that restores: its state and data position; None when there is
+    no checkpoint.
+
+    A step that cannot be read (truncated array files, missing metadata) is logged with its
+    reason and skipped; once an older step restores, the damaged newer ones are moved to
+    ``checkpoints_damaged/`` so that the run continues from the older one and later saves
+    cannot collide with them. If no step restores, nothing is moved and the run stops: the
+    fault is then more likely the code or the filesystem than the files, and a fresh start
+    would silently discard the run.
+    """
+    failures: list[tuple[int, str]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved_config = manager.restore(step, args=ocp.args.Composite(
+                **{_CONFIG: ocp.args.JsonRestore()}))[_CONFIG]
+        except Exception as e:  # noqa: BLE001 - any unreadable step counts as damaged
+            failures.append((step, _reason(e)))
+            log.warning("Checkpoint step %d in %s cannot be restored: %s", step,
+                        manager.directory, failures[-1][1])
+            continue
+        diff = config_differences(saved_config, config, "model")
+        if diff:
+            raise CheckpointMismatchError(
+                f"The checkpoint at step {step} in {manager.directory} was written with a "
+                f"different model config; differing keys: {', '.join(diff)}. Use the original "
+                "config, or start a new workdir (config.train.init_from can load parameters "
+                "into a fresh run)."
+            )
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore(abstract_state),
+                _DATA: ocp.args.JsonRestore(),
+            }))
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable data
+            failures.append((step, _reason(e)))
+            log.warning("Checkpoint step %d in %s cannot be restored: %s", step,
+                        manager.directory, failures[-1][1])
+            continue
+        if failures:
+            for bad, _ in failures:
+                target = _move_aside(manager, bad)
+                log.warning("Moved the damaged checkpoint step %d to %s; resuming from step "
+                            "%d.", bad, target, step)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("bbg_jax.checkpoint.move_aside")
+            manager.reload()
+        return restored[_STATE], dict(restored[_DATA])
+    if failures:
+        listed = "; ".join(f"step {s}: {r}" for s, r in failures)
+        raise CheckpointDamagedError(
+            f"No checkpoint in {manager.directory} can be restored ({listed}). Nothing was "
+            "moved or deleted; fix the cause, or move the workdir aside to start afresh.")
+    return None
 
 
 def _with_sharding(abstract: Any) -> Any:

@@ -8,9 +8,94 @@ field means the same thing everywhere. Values marked [open] are not known from t
 from __future__ import annotations
 
 import importlib.util
+import numbers
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value (or command-line argument) the code cannot run with.
+
+    The message is one line that names the field, its value and what is allowed:
+    ``train.prior='gaussian2': allowed 'gaussian', 'uniform'``. ``bbg_jax.main`` prints it as
+    ``bbg_jax.main: <message>`` and exits non-zero; ``bbg_jax.config_checks`` raises it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the parts held
+
+
+MISSING = object()  # a field absent from the config (an old config.json, a hand-edited file)
+
+
+def show(value: Any) -> str:
+    """A value as the messages print it: strings quoted, sequences as tuples."""
+    if value is MISSING:
+        return "<missing>"
+    if isinstance(value, list):
+        value = tuple(value)
+    return repr(value)
+
+
+def config_error(field: str, value: Any, allowed: str, why: str = "") -> ConfigError:
+    """``field=value: allowed ALLOWED (WHY)``; ``field is missing: ...`` for ``MISSING``."""
+    head = f"{field} is missing" if value is MISSING else f"{field}={show(value)}"
+    return ConfigError(f"{head}: allowed {allowed}" + (f" ({why})" if why else ""))
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any], why: str = "") -> None:
+    choices = tuple(choices)
+    # Same type and equal: True is not 1, 3.0 is not 3, and a list is no string.
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise config_error(field, value, ", ".join(show(c) for c in choices), why)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_int(field: str, value: Any, minimum: int | None = None, why: str = "") -> None:
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        allowed = "an integer" + ("" if minimum is None else f" >= {minimum}")
+        raise config_error(field, value, allowed, why)
+
+
+def check_number(field: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, why: str = "") -> None:
+    """A real number in the interval given by ``low``/``high`` (closed unless ``*_open``)."""
+    ok = _is_number(value) and value == value  # NaN is no number here
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is not None and high is not None:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            allowed = f"a number in {left}{low:g}, {high:g}{right}"
+        elif low is not None:
+            allowed = f"a number {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            allowed = f"a number {'<' if high_open else '<='} {high:g}"
+        else:
+            allowed = "a number"
+        raise config_error(field, value, allowed, why)
+
+
+def check_bool(field: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise config_error(field, value, "True, False")
+
+
+def check_str(field: str, value: Any, optional: bool = False, allowed: str = "a string") -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise config_error(field, value, allowed + (" or None" if optional else ""))
 
 
 def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120

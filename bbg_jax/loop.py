@@ -10,11 +10,10 @@ check and the logs. A checkpoint is written only after its step's metrics were c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -23,19 +22,29 @@ import numpy as np
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from bbg_jax import checkpoint, paths, progress, sharding, summaries
+from bbg_jax import checkpoint, config_checks, paths, progress, sharding, summaries
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
 from bbg_jax.train import jit_train_step
-from bbg_jax.train_state import TrainState, check_networks, create_train_state, make_optimizers
+from bbg_jax.train_state import TrainState, create_train_state, make_optimizers
 
 log = logging.getLogger(__name__)
 
-# Test hooks (environment variables, read only by tests): stall after finishing the given step
-# until a signal arrives, or poison the given step's batch with NaN.
-_HANG_AT_STEP = "BBG_DEBUG_HANG_AT_STEP"
-_NAN_AT_STEP = "BBG_DEBUG_NAN_AT_STEP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """Injection points for tests and tools; the defaults change nothing.
+
+    batch(step, batch) -> batch: the batch the given step trains on (e.g. poisoned with NaN).
+    after_step(step, stop_requested): runs after each step, its checkpoint and evaluation;
+      ``stop_requested()`` tells whether a SIGTERM (or, with several processes, the preemption
+      sync point) has asked the run to stop, so a hook can hold the run at a step until then.
+    """
+
+    batch: Callable[[int, dict[str, Any]], dict[str, Any]] = lambda step, batch: batch
+    after_step: Callable[[int, Callable[[], bool]], None] = lambda step, stop_requested: None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,26 +52,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Model, data and training sections must agree; each error names the fields to change."""
-    m, d = config.model, config.data
-    check_networks(config)
-    if d.resolution_d != m.discriminator.resolution:
-        raise ValueError(f"data.resolution_d={d.resolution_d} differs from "
-                         f"model.discriminator.resolution={m.discriminator.resolution}.")
-    if m.encoder.enabled and d.resolution_e != m.encoder.resolution:
-        raise ValueError(f"data.resolution_e={d.resolution_e} differs from "
-                         f"model.encoder.resolution={m.encoder.resolution}.")
-    if d.channels != m.image_channels:
-        raise ValueError(f"data.channels={d.channels} differs from "
-                         f"model.image_channels={m.image_channels}.")
-    if config.train.n_d_steps < 1:
-        raise ValueError(f"train.n_d_steps={config.train.n_d_steps} must be >= 1.")
-    every = evaluators_lib.eval_section(config).every_steps
-    if every and every % config.train.checkpoint_every:
-        raise ValueError(
-            f"eval.every_steps={every} must be a multiple of train.checkpoint_every="
-            f"{config.train.checkpoint_every}: each evaluation reads a saved checkpoint's state "
-            "(and the best train_val probe keeps that checkpoint).")
+    """Model, data, training and eval sections are valid and agree: ``config_checks.check``
+    (``bbg_jax.main`` runs it, and the workdir and device checks, before calling the loop)."""
+    config_checks.check(config, "train")
 
 
 def local_batches(config: ml_collections.ConfigDict, start_batch: int
@@ -198,7 +190,8 @@ def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | Non
         )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Hooks = Hooks()) -> TrainState:
     """Trains ``config`` in ``workdir`` until ``train.num_steps``; returns the final state."""
     # (1) Set-up.
     check_config(config)
@@ -210,13 +203,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sharding.check_batch_divisible(config.data.batch_size, mesh)
     per_process_batch_size(config.data.batch_size)
     lead = jax.process_index() == 0  # the only process that writes files
+
+    # (2) State. Nothing is written to the workdir before its checkpoints are known to fit.
+    manager = checkpoint.make_manager(workdir_path, config)
+    state, how = initial_state(config, mesh, manager)
     writer = summaries.create_writer(workdir, just_logging=not lead)
     if lead:
         paths.write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
-
-    # (2) State.
-    manager = checkpoint.make_manager(workdir_path, config)
-    state, how = initial_state(config, mesh, manager)
     start = int(jax.device_get(state.step))
     log.info("Train state: %s; %d devices, global batch %d.", how, mesh.devices.size,
              config.data.batch_size)
@@ -234,8 +227,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                              every_secs=30.0)
     bar = progress.ProgressBar(t.num_steps, start) if lead else None
     preemption = _Preemption()
-    hang_at = int(os.environ.get(_HANG_AT_STEP, "-1"))
-    nan_at = int(os.environ.get(_NAN_AT_STEP, "-1"))
     pending: tuple[int, dict] | None = None
 
     def settle(pending):
@@ -272,9 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     try:
         for step in range(start + 1, t.num_steps + 1):
-            batch = next(batches)
-            if step == nan_at:
-                batch = {**batch, "image_d": batch["image_d"] * np.nan}
+            batch = hooks.batch(step, next(batches))
             state, metrics = train_step(state, batch)
             if pending is not None:
                 settle(pending)
@@ -290,15 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 if evals and not preempted and (step % ev.every_steps == 0
                                                 or step == t.num_steps):
                     evaluate(state, step)
-            if 0 <= hang_at <= step:
-                if step == hang_at and lead:  # tells the test where we are
-                    paths.write_atomic(workdir_path / f"hanging_at_{step}", "")
-                if jax.process_count() == 1:
-                    while not preemption.requested:
-                        time.sleep(0.05)
-                else:  # the sync point lies ahead: keep stepping, slowly
-                    time.sleep(1.0)
-            if preemption.requested and not preempted:  # SIGTERM while paused (one process)
+            hooks.after_step(step, lambda: preemption.requested)
+            if preemption.requested and not preempted:  # SIGTERM during the step's tail
                 preempted = True
                 if last_checkpoint != step:
                     settle(pending)

@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bbg_jax.configs import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -113,12 +115,11 @@ def shard_like_batch(x: jax.Array, mesh: Mesh | None, batch_axis: int = 0) -> ja
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    """The global batch (``data.batch_size``) splits evenly over the mesh's devices."""
     n = mesh.devices.size
     if global_batch % n:
-        raise ValueError(
-            f"The global batch ({global_batch}) must be divisible by the number of devices ({n}): "
-            f"set config.data.batch_size to a multiple of {n}."
-        )
+        raise ConfigError(f"data.batch_size={global_batch}: allowed a multiple of {n} (the "
+                          f"global batch is split evenly over the {n} devices)")
 
 
 def global_batch_from_local(local: Any, mesh: Mesh, batch_axis: int = 0) -> Any:

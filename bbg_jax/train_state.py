@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bbg_jax.losses import score_terms
+from bbg_jax.configs import MISSING, check_bool, check_choice, config_error
+from bbg_jax.losses import TERMS
 from bbg_jax.models import init_variables
+from bbg_jax.models.build import D_KINDS
 
 PyTree = Any
 
@@ -119,12 +121,27 @@ def update_ema(ema: PyTree, params: PyTree, step: jax.Array, decay: float, start
 
 
 def check_networks(config: ml_collections.ConfigDict) -> None:
-    """Fails early, with the fix, on a model/loss combination the step cannot train."""
-    score_terms(config.train.loss_terms)
-    has_e = config.model.encoder.enabled
-    if has_e != (config.train.loss_terms != "x_only"):
-        raise ValueError(
-            f"train.loss_terms={config.train.loss_terms!r} with model.encoder.enabled={has_e}: "
-            "BigBiGAN terms need the encoder and a 'bigbigan' discriminator; a plain GAN (no "
-            "encoder, discriminator.kind='gan') uses loss_terms='x_only'."
-        )
+    """Fails early, with the fix, on a model/loss combination the step cannot train.
+
+    Raises ``ConfigError``: one line naming the field, its value and what is allowed.
+    """
+    terms = config.train.get("loss_terms", MISSING)
+    check_choice("train.loss_terms", terms, TERMS)
+    has_e = config.model.encoder.get("enabled", MISSING)
+    check_bool("model.encoder.enabled", has_e)
+    kind = config.model.discriminator.get("kind", MISSING)
+    check_choice("model.discriminator.kind", kind, D_KINDS)
+    if has_e and terms == "x_only":
+        raise config_error("train.loss_terms", terms,
+                           ", ".join(repr(t) for t in TERMS if t != "x_only"),
+                           "model.encoder.enabled=True: E trains only through the joint or "
+                           "z terms; 'x_only' is the plain GAN, with the encoder disabled")
+    if not has_e and terms != "x_only":
+        raise config_error("train.loss_terms", terms, "'x_only'",
+                           "model.encoder.enabled=False: BigBiGAN terms need the encoder; "
+                           "a plain GAN (no encoder, discriminator.kind='gan') uses 'x_only'")
+    want = "bigbigan" if has_e else "gan"
+    if kind != want:
+        raise config_error("model.discriminator.kind", kind, repr(want),
+                           f"model.encoder.enabled={has_e}: a 'bigbigan' D scores (x, z) pairs "
+                           "and needs the encoder; 'gan' scores x alone")

@@ -10,7 +10,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 import os as _os  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
+import tempfile  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -91,8 +93,16 @@ def gcs_bucket(gcs_emulator):
     return f"gs://{name}"
 
 
+_CACHE = tempfile.mkdtemp(prefix="bbg_jax_test_xla_cache_")
+# This process shares the cache with the training processes the tests start: a program compiled
+# by one (e.g. the smoke config's state initialisation) loads in the others.
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+
+
 @pytest.fixture(scope="session")
-def compilation_cache(tmp_path_factory):
-    """One persistent XLA compilation cache for every training process a test session starts:
-    the first smoke run compiles, the others load (the mechanism a restarted job relies on)."""
-    return str(tmp_path_factory.mktemp("compilation_cache"))
+def compilation_cache():
+    """One persistent XLA compilation cache for the whole test session and every training
+    process it starts: the first smoke run compiles, the others load (the mechanism a restarted
+    job relies on)."""
+    yield _CACHE
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -48,13 +48,17 @@ def free_port(low: int = 0) -> int:
     raise RuntimeError(f"no free port at or above {low}")
 
 
-def _start(workdir, devices: int, env_extra: dict, cache: str, *flags) -> subprocess.Popen:
+def _start(workdir, devices: int, env_extra: dict, cache: str, *flags, faults=()
+           ) -> subprocess.Popen:
+    """``faults``: tests/loop_driver.py flags (the run then starts through the driver)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_MATMUL_PRECISION": "highest",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env_extra}
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         if k not in env_extra:
             env.pop(k, None)
-    cmd = [sys.executable, "-m", "bbg_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+    entry = [str(ROOT / "tests" / "loop_driver.py"), *faults, "--"] if faults else [
+        "-m", "bbg_jax.main"]
+    cmd = [sys.executable, *entry, f"--config={SMOKE}", f"--workdir={workdir}",
            f"--config.train.compilation_cache_dir={cache}", *flags]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -78,9 +82,9 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 1500) -> list[str]:
     return outs
 
 
-def _pair(workdir, cache, *flags, env_extra=None) -> list[subprocess.Popen]:
+def _pair(workdir, cache, *flags, faults=()) -> list[subprocess.Popen]:
     port = free_port()
-    return [_start(workdir, 4, {**_jax_env(port, pid), **(env_extra or {})}, cache, *flags)
+    return [_start(workdir, 4, _jax_env(port, pid), cache, *flags, faults=faults)
             for pid in (0, 1)]
 
 
@@ -146,7 +150,7 @@ def test_sigterm_to_one_process_then_resume_under_slurm(two_and_one, tmp_path,
                                                            compilation_cache):
     reference = two_and_one[0]
     # Both pause a second per step from step 2, so the signal lands mid-run.
-    procs = _pair(tmp_path, compilation_cache, env_extra={"BBG_DEBUG_HANG_AT_STEP": "2"})
+    procs = _pair(tmp_path, compilation_cache, faults=["--hold_at=2"])
     deadline = time.time() + 900
     while not (tmp_path / "hanging_at_2").exists():
         assert all(p.poll() is None for p in procs), procs[0].stdout.read()[-6000:]

@@ -37,8 +37,11 @@ def _run(args, env, cwd, wait=True):
     return out
 
 
-def _main(workdir, *flags, env, cwd, compilation_cache, wait=True):
-    return _run(["-m", "bbg_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
+def _main(workdir, *flags, env, cwd, compilation_cache, faults=(), wait=True):
+    """``faults``: tests/loop_driver.py flags (the run then starts through the driver)."""
+    entry = [str(ROOT / "tests" / "loop_driver.py"), *faults, "--"] if faults else [
+        "-m", "bbg_jax.main"]
+    return _run([*entry, f"--config={SMOKE}", f"--workdir={workdir}",
                  f"--config.train.compilation_cache_dir={compilation_cache}", *flags],
                 env, cwd, wait)
 
@@ -123,8 +126,8 @@ def test_sigkill_then_resume_from_the_bucket_is_bit_exact(trained, gcs_emulator,
                                                           bucket_cache, gcs_bucket):
     reference, _, _ = trained
     workdir = f"{gcs_bucket}/killed"
-    proc = _main(workdir, env=_env(gcs_emulator, BBG_DEBUG_HANG_AT_STEP="3"), cwd=tmp_path,
-                 compilation_cache=bucket_cache, wait=False)
+    proc = _main(workdir, env=_env(gcs_emulator), cwd=tmp_path, compilation_cache=bucket_cache,
+                 faults=["--hold_at=3"], wait=False)
     marker = epath.Path(workdir) / "hanging_at_3"
     deadline = time.time() + 600
     while _fresh() or not marker.exists():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from bbg_jax.configs import MISSING, check_bool, check_choice, check_int, check_str
+
 # Preset per known dataset: (eval split, training augmentation).
 _PRESETS = {
     "imagenet2012": ("validation", "resnet_crop"),
@@ -17,6 +19,9 @@ _PRESETS = {
 }
 
 AUGMENTATIONS = ("resnet_crop", "light_crop", "centre_crop", "pad")
+# The datasets the pipeline and its presets are written for; "synthetic" needs no files
+# (bbg_jax.data.synthetic). Another TFDS image dataset needs its entry in _PRESETS first.
+DATASETS = ("synthetic", *_PRESETS)
 
 
 def data_config(dataset: str = "fashion_mnist", resolution: int = 32,
@@ -25,7 +30,8 @@ def data_config(dataset: str = "fashion_mnist", resolution: int = 32,
     """The data section for ``dataset`` at D/G ``resolution`` (E at ``encoder_resolution``).
 
     Fields:
-      dataset: TFDS name (``imagenet2012``, ``cifar10``, ``fashion_mnist``, ...).
+      dataset: one of ``DATASETS``: a TFDS name (``imagenet2012``, ``cifar10``,
+        ``fashion_mnist``, ``mnist``) or ``synthetic`` (numpy batches, no files).
       data_dir: TFDS data directory; None means TFDS's default (``~/tensorflow_datasets``).
       download: allow ``download_and_prepare`` (internet) when the dataset is not prepared.
         Fashion-MNIST is prepared from ``local_fashion_mnist_dir`` first when those files exist.
@@ -77,12 +83,26 @@ def data_config(dataset: str = "fashion_mnist", resolution: int = 32,
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError on a data section the pipeline cannot honour."""
-    if c.augmentation not in AUGMENTATIONS:
-        raise ValueError(f"data.augmentation={c.augmentation!r}; expected one of {AUGMENTATIONS}.")
-    if c.channels not in (1, 3):
-        raise ValueError(f"data.channels={c.channels}; expected 1 or 3.")
-    if c.train_val_size < 0:
-        raise ValueError(f"data.train_val_size={c.train_val_size} must be >= 0.")
-    if min(c.resolution_e, c.resolution_d) <= 0:
-        raise ValueError("data.resolution_e and data.resolution_d must be positive.")
+    """Raises ``ConfigError`` (one line: field, value, what is allowed) on a data section the
+    pipeline cannot honour. ``bbg_jax.config_checks.check`` runs it with the other sections."""
+    g = lambda key: c.get(key, MISSING)  # noqa: E731
+    check_choice("data.dataset", g("dataset"), DATASETS)
+    check_str("data.data_dir", g("data_dir"), optional=True)
+    check_bool("data.download", g("download"))
+    check_str("data.local_fashion_mnist_dir", g("local_fashion_mnist_dir"))
+    check_str("data.train_split", g("train_split"))
+    check_int("data.train_val_size", g("train_val_size"), 0)
+    check_str("data.eval_split", g("eval_split"))
+    check_choice("data.augmentation", g("augmentation"), AUGMENTATIONS)
+    check_bool("data.random_flip", g("random_flip"))
+    check_int("data.resolution_e", g("resolution_e"), 1)
+    check_int("data.resolution_d", g("resolution_d"), 1)
+    check_choice("data.channels", g("channels"), (1, 3))
+    check_bool("data.resize_antialias", g("resize_antialias"))
+    check_int("data.batch_size", g("batch_size"), 1)
+    check_int("data.shuffle_buffer", g("shuffle_buffer"), 1)
+    check_int("data.seed", g("seed"))
+    check_int("data.prefetch", g("prefetch"), -1, "-1 = AUTOTUNE")
+    calls = g("num_parallel_calls")
+    if calls != -1:
+        check_int("data.num_parallel_calls", calls, 1, "or -1 = AUTOTUNE")

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import ml_collections
 
+# The names each field accepts (bbg_jax.config_checks checks them before a run starts).
+EVALUATORS = ("samples", "fid", "probe")
+FID_SPLITS = ("train", "eval")
+PROBE_PARAMS = ("raw", "ema")
+
 
 def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
     """Fields:
@@ -31,7 +36,7 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
       interpolation_steps: images per interpolation row.
       probe_*: offline linear probe (see bbg_jax.evaluation.probe). probe_max_train limits the
         training examples whose features are extracted (None = all).
-      probe_params: "raw" or "ema" encoder weights.
+      probe_params: "raw" or "ema" encoder weights ("ema" needs train.ema_encoder=True).
     """
     c = ml_collections.ConfigDict()
     c.every_steps = 0

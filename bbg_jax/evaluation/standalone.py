@@ -28,8 +28,11 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config the run saved (WORKDIR/config.json), for --mode=eval without --config."""
-    return ml_collections.ConfigDict(paths.read_json(paths.path(workdir) / "config.json"))
+    """The config the run saved (WORKDIR/config.json), for --mode=eval without --config; a
+    ConfigError (one line) when it is missing or not JSON."""
+    from bbg_jax import config_checks
+
+    return config_checks.saved_config(workdir)
 
 
 def write_outputs(workdir: str, step: int, metrics: dict, images: dict, provenance: dict

@@ -1,0 +1,166 @@
+"""Kill soak: SIGKILL the smoke run at random moments, resume it, and compare bit for bit.
+
+    python scripts/kill_soak.py --runs=50 [--workdir=/tmp/kill_soak] [--seed=0] [--parallel=2]
+
+One uninterrupted run of ``experiments/smoke.py`` (6 steps, checkpoints at 3 and 6) is the
+reference. Each soak run starts the same job in its own workdir and is SIGKILLed:
+  * at a random moment (uniform over the reference run's wall time, start-up included, measured
+    beside as many runs as the soak runs at a time), or,
+    every ``--in_save_every``-th run, in the middle of saving step 3 or 6 (all files written,
+    nothing committed; tests/loop_driver.py holds orbax's commit);
+then resumed with the README's command until it finishes. A run passes when its final
+checkpoint equals the reference's bit for bit (every array of the train state) and its
+metrics.jsonl holds steps 1..6 once each, with the reference's values. All runs share one
+persistent compilation cache, as a requeued job does. Prints one JSON line per run and a
+summary; exits 1 if any run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "experiments" / "smoke.py")
+DRIVER = str(ROOT / "tests" / "loop_driver.py")
+
+
+def _start(workdir: Path, cache: Path, faults: list[str]) -> subprocess.Popen:
+    entry = [DRIVER, *faults, "--"] if faults else ["-m", "bbg_jax.main"]
+    cmd = [sys.executable, *entry, f"--config={SMOKE}", f"--workdir={workdir}",
+           f"--config.train.compilation_cache_dir={cache}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def _finish(workdir: Path, cache: Path) -> None:
+    proc = _start(workdir, cache, [])
+    if proc.wait(timeout=1800) != 0:
+        raise RuntimeError(f"run in {workdir} exited {proc.returncode}")
+
+
+def _checkpoint_steps(workdir: Path) -> list[int]:
+    root = workdir / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def _uncommitted(workdir: Path) -> list[str]:
+    root = workdir / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if "tmp" in p.name) if root.exists() else []
+
+
+def _state(workdir: Path, step: int):
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def _metrics(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _compare(workdir: Path, reference: Path) -> list[str]:
+    import jax
+    import numpy as np
+
+    problems = []
+    a, b = _state(workdir, 6), _state(reference, 6)
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    differing = sum(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True))
+    if differing:
+        problems.append(f"{differing} of {len(leaves_a)} state arrays differ at step 6")
+    if _metrics(workdir) != _metrics(reference):
+        problems.append(f"metrics.jsonl differs: steps {[r['step'] for r in _metrics(workdir)]}")
+    return problems
+
+
+def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Path,
+             reference_seconds: float, in_save_every: int) -> dict:
+    workdir = base / f"run_{i:03d}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    record: dict = {"run": i}
+    if in_save_every and i % in_save_every == in_save_every - 1:
+        step = rng.choice([3, 6])
+        proc = _start(workdir, cache, [f"--pause_in_save_at={step}"])
+        marker = workdir / f"saving_{step}"
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"run {i} exited {proc.returncode} before saving step {step}")
+            time.sleep(0.05)
+        record["kill"] = f"in the save of step {step}"
+    else:
+        delay = rng.uniform(0.0, reference_seconds)
+        proc = _start(workdir, cache, [])
+        time.sleep(delay)
+        record["kill"] = f"at {delay:.1f} s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    record["killed"] = proc.returncode == -signal.SIGKILL  # False: it had already finished
+    record["checkpoints_at_kill"] = _checkpoint_steps(workdir)
+    record["uncommitted_at_kill"] = _uncommitted(workdir)
+    _finish(workdir, cache)
+    problems = _compare(workdir, reference)
+    record["bit_exact"] = not problems
+    if problems:
+        record["problems"] = problems
+    else:
+        shutil.rmtree(workdir)  # keep failures for inspection only
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--workdir", default="/tmp/kill_soak")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallel", type=int, default=2, help="soak runs at a time")
+    parser.add_argument("--in_save_every", type=int, default=4,
+                        help="every N-th run is killed in the middle of a save (0: never)")
+    args = parser.parse_args()
+    base = Path(args.workdir)
+    base.mkdir(parents=True, exist_ok=True)
+    cache, reference = base / "compilation_cache", base / "reference"
+    shutil.rmtree(reference, ignore_errors=True)
+    _finish(base / "warm_up_0", cache)  # the first run compiles; later ones load
+    # The reference runs beside parallel - 1 others, as the soak runs will: its wall time is
+    # the range the random kills are drawn from.
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(lambda w: _finish(w, cache),
+                      [reference, *(base / f"warm_up_{i}" for i in range(1, args.parallel))]))
+    reference_seconds = time.time() - start
+    for i in range(args.parallel):
+        shutil.rmtree(base / f"warm_up_{i}", ignore_errors=True)
+    print(json.dumps({"reference_seconds": round(reference_seconds, 1)}), flush=True)
+
+    rngs = [random.Random(args.seed * 100_003 + i) for i in range(args.runs)]
+    records = []
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        futures = [pool.submit(soak_run, i, rngs[i], base, cache, reference, reference_seconds,
+                               args.in_save_every) for i in range(args.runs)]
+        for future in concurrent.futures.as_completed(futures):
+            records.append(future.result())
+            print(json.dumps(records[-1]), flush=True)
+    killed = [r for r in records if r["killed"]]
+    in_save = [r for r in killed if r["uncommitted_at_kill"]]
+    exact = [r for r in records if r["bit_exact"]]
+    summary = {"runs": len(records), "killed": len(killed),
+               "killed_with_an_uncommitted_save": len(in_save),
+               "finished_before_the_kill": len(records) - len(killed),
+               "bit_exact": len(exact), "seconds": round(time.time() - start)}
+    print(json.dumps(summary), flush=True)
+    sys.exit(0 if len(exact) == len(records) else 1)
+
+
+if __name__ == "__main__":
+    main()
