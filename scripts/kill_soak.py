@@ -4,8 +4,9 @@
 
 One uninterrupted run of ``experiments/smoke.py`` (6 steps, checkpoints at 3 and 6) is the
 reference. Each soak run starts the same job in its own workdir and is SIGKILLed:
-  * at a random moment (uniform over the reference run's wall time, start-up included, measured
-    beside as many runs as the soak runs at a time), or,
+  * at a random moment of its training (uniform from the moment its train state is ready over
+    the reference run's training time, measured beside as many runs as the soak runs at a
+    time; start-up is skipped: killing an import proves nothing), or,
     every ``--in_save_every``-th run, in the middle of saving step 3 or 6 (all files written,
     nothing committed; tests/loop_driver.py holds orbax's commit);
 then resumed with the README's command until it finishes. A run passes when its final
@@ -26,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,19 +36,39 @@ SMOKE = str(ROOT / "experiments" / "smoke.py")
 DRIVER = str(ROOT / "tests" / "loop_driver.py")
 
 
-def _start(workdir: Path, cache: Path, faults: list[str]) -> subprocess.Popen:
-    entry = [DRIVER, *faults, "--"] if faults else ["-m", "bbg_jax.main"]
-    cmd = [sys.executable, *entry, f"--config={SMOKE}", f"--workdir={workdir}",
-           f"--config.train.compilation_cache_dir={cache}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+class _Run:
+    """The smoke job in ``workdir`` as a subprocess; ``training`` is set once its train state
+    is restored or initialised (the loop logs "Train state: ...")."""
+
+    def __init__(self, workdir: Path, cache: Path, faults: list[str]):
+        entry = [DRIVER, *faults, "--"] if faults else ["-m", "bbg_jax.main"]
+        cmd = [sys.executable, *entry, f"--config={SMOKE}", f"--workdir={workdir}",
+               f"--config.train.compilation_cache_dir={cache}"]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        self.started = time.time()
+        self.training = threading.Event()
+        self.training_at: float | None = None
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if "Train state:" in line and not self.training.is_set():
+                self.training_at = time.time()
+                self.training.set()
+        self.training.set()  # ended: nobody waits for a line that will not come
+
+    def wait(self, timeout: float = 1800) -> int:
+        return self.proc.wait(timeout=timeout)
 
 
-def _finish(workdir: Path, cache: Path) -> None:
-    proc = _start(workdir, cache, [])
-    if proc.wait(timeout=1800) != 0:
-        raise RuntimeError(f"run in {workdir} exited {proc.returncode}")
+def _finish(workdir: Path, cache: Path) -> float:
+    """Runs the job to its end; returns the seconds it spent after its state was ready."""
+    run = _Run(workdir, cache, [])
+    if run.wait() != 0:
+        raise RuntimeError(f"run in {workdir} exited {run.proc.returncode}")
+    return time.time() - run.training_at
 
 
 def _checkpoint_steps(workdir: Path) -> list[int]:
@@ -91,18 +113,21 @@ def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Pat
     record: dict = {"run": i}
     if in_save_every and i % in_save_every == in_save_every - 1:
         step = rng.choice([3, 6])
-        proc = _start(workdir, cache, [f"--pause_in_save_at={step}"])
+        run = _Run(workdir, cache, [f"--pause_in_save_at={step}"])
         marker = workdir / f"saving_{step}"
         while not marker.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"run {i} exited {proc.returncode} before saving step {step}")
+            if run.proc.poll() is not None:
+                raise RuntimeError(f"run {i} exited {run.proc.returncode} before saving step "
+                                   f"{step}")
             time.sleep(0.05)
         record["kill"] = f"in the save of step {step}"
     else:
         delay = rng.uniform(0.0, reference_seconds)
-        proc = _start(workdir, cache, [])
+        run = _Run(workdir, cache, [])
+        run.training.wait()
         time.sleep(delay)
-        record["kill"] = f"at {delay:.1f} s"
+        record["kill"] = f"{delay:.1f} s into training"
+    proc = run.proc
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     record["killed"] = proc.returncode == -signal.SIGKILL  # False: it had already finished
@@ -134,14 +159,14 @@ def main() -> None:
     _finish(base / "warm_up_0", cache)  # the first run compiles; later ones load
     # The reference runs beside parallel - 1 others, as the soak runs will: its wall time is
     # the range the random kills are drawn from.
-    start = time.time()
     with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(lambda w: _finish(w, cache),
-                      [reference, *(base / f"warm_up_{i}" for i in range(1, args.parallel))]))
-    reference_seconds = time.time() - start
+        reference_seconds = max(pool.map(
+            lambda w: _finish(w, cache),
+            [reference, *(base / f"warm_up_{i}" for i in range(1, args.parallel))]))
+    start = time.time()
     for i in range(args.parallel):
         shutil.rmtree(base / f"warm_up_{i}", ignore_errors=True)
-    print(json.dumps({"reference_seconds": round(reference_seconds, 1)}), flush=True)
+    print(json.dumps({"reference_training_seconds": round(reference_seconds, 1)}), flush=True)
 
     rngs = [random.Random(args.seed * 100_003 + i) for i in range(args.runs)]
     records = []

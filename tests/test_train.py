@@ -45,7 +45,6 @@ def step_setup():
     return config, fns, state, real, noise
 
 
-@pytest.mark.slow
 def test_d_update_changes_only_d(step_setup):
     _, fns, state, real, noise = step_setup
     # Orthogonally initialised weights have all singular values 1, so any u is already a top
@@ -72,7 +71,6 @@ def test_d_update_changes_only_d(step_setup):
     assert np.isfinite(float(metrics["d_loss"]))
 
 
-@pytest.mark.slow
 def test_ge_update_changes_no_d_parameter(step_setup):
     _, fns, state, real, noise = step_setup
     new, metrics = jax.jit(fns.ge_update)(state, real, noise)
