@@ -67,7 +67,7 @@ class Report:
     compile_s: float
 
     def table_row(self) -> str:
-        """One row of the README's configuration table (markdown)."""
+        """One row of docs/paper_configs.md's configuration table (markdown)."""
         return (f"| `{self.config}` | {self.target} ({self.num_devices} x {self.chip}) "
                 f"| {self.total_bytes / GIB:.1f} / {self.hbm_bytes / GIB:.0f} GiB "
                 f"| {self.compiled_flops_step / 1e15:.3f} / {self.analytic_flops_step / 1e15:.3f}"
@@ -82,13 +82,14 @@ TABLE_HEADER = (
 )
 
 
-# The paper configurations of the README table and the topology each is checked on. The base
-# row of Table 1 is experiments/bigbigan_imagenet128.py itself, so table1.py:base is not repeated.
+# The paper configurations of docs/paper_configs.md's table and the topology each is checked on.
+# The base row of Table 1 is experiments/bigbigan_imagenet128.py itself, so table1.py:base is not
+# repeated.
 PAPER_TOPOLOGY = "v5p:2x4x4"  # a v5p-64 slice: 32 chips, 64 images each at batch 2048
 
 
 def paper_rows(experiments_dir: str = "experiments") -> list[tuple[str, str]]:
-    """(config spec, topology) for every paper configuration, in the README table's order."""
+    """(config spec, topology) for every paper configuration, in docs/paper_configs.md's order."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("table1", os.path.join(experiments_dir,
@@ -118,8 +119,8 @@ def row_filename(config_spec: str, topology: str) -> str:
 
 
 def render_table(json_dir: str, experiments_dir: str = "experiments") -> str:
-    """The README's markdown table from the compile check's JSON reports in ``json_dir``; rows
-    not compiled yet say so rather than being left out."""
+    """docs/paper_configs.md's markdown table from the compile check's JSON reports in
+    ``json_dir``; rows not compiled yet say so rather than being left out."""
     lines = [TABLE_HEADER]
     for config_spec, topology in paper_rows(experiments_dir):
         path = os.path.join(json_dir, row_filename(config_spec, topology))

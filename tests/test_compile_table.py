@@ -1,4 +1,5 @@
-"""The README's compile table is rendered from the compile check's JSON reports, not typed."""
+"""docs/paper_configs.md's compile table is rendered from the compile check's JSON reports, not
+typed; the README's headline rows are rows of it."""
 
 import dataclasses
 import json
@@ -45,11 +46,23 @@ def test_table_renders_reports_and_marks_missing_rows(tmp_path):
     assert sum("not compiled yet" in r for r in table) == len(table) - 3
 
 
-def test_readme_table_is_the_rendered_one(monkeypatch):
+def test_docs_table_is_the_rendered_one(monkeypatch):
     monkeypatch.chdir(ROOT)  # the reports name their configs relative to the repository root
     table = compile_check.render_table("docs/compile_table")
-    assert table in (ROOT / "README.md").read_text(), (
-        "README's compile table differs from `launch/compile_table.sh`'s output; paste it.")
+    assert table in (ROOT / "docs/paper_configs.md").read_text(), (
+        "docs/paper_configs.md's compile table differs from `launch/compile_table.sh`'s output; "
+        "paste it.")
+
+
+def test_readme_headline_rows_are_rows_of_the_rendered_table(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    table = compile_check.render_table("docs/compile_table").splitlines()
+    readme = (ROOT / "README.md").read_text().splitlines()
+    header = [line for line in readme if line.startswith("| config | target |")]
+    rows = [line for line in readme if line.startswith("| `experiments/")]
+    assert header == [table[0]] and rows, "README has no compile-table headline rows"
+    for row in rows:
+        assert row in table, f"README's headline row is not docs/paper_configs.md's: {row}"
 
 
 def test_every_paper_configuration_is_compiled_and_fits_its_target(monkeypatch):
