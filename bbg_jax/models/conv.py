@@ -4,7 +4,9 @@ XLA:CPU computes a convolution's weight gradient slowly: on a batch-64, 32×32, 
 layer of this project's 2-core CPU it took 4.3 s against 0.25 s for the input gradient and 0.32 s
 for the forward pass. Written as k×k shifted einsums (one [C_in, N·H·W] × [N·H·W, C_out] matmul per
 kernel tap, which is what im2col-based CPU libraries do) the same gradient takes 0.74 s and
-matches XLA's to 2.4e-7 relative (``python -m bbg_jax.models.conv_benchmark``).
+matches XLA's to 2.4e-7 relative (tests/models/test_conv.py checks the agreement; ``python -m
+bbg_jax.benchmark --config=experiments/smoke.py --config.train.conv_weight_grad=xla`` against
+the default times the whole step).
 
 The implementation is chosen at trace time by ``weight_grad(impl)``, a context the train step
 enters (``train.conv_weight_grad``: "xla", "einsum", or "auto" = einsum on CPU, XLA elsewhere).
