@@ -138,14 +138,18 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
     would silently discard the run.
     """
     failures: list[tuple[int, str]] = []
+
+    def damaged(step: int, error: Exception) -> None:
+        failures.append((step, _reason(error)))
+        log.warning("Checkpoint step %d in %s cannot be restored: %s", step, manager.directory,
+                    failures[-1][1])
+
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             saved_config = manager.restore(step, args=ocp.args.Composite(
                 **{_CONFIG: ocp.args.JsonRestore()}))[_CONFIG]
         except Exception as e:  # noqa: BLE001 - any unreadable step counts as damaged
-            failures.append((step, _reason(e)))
-            log.warning("Checkpoint step %d in %s cannot be restored: %s", step,
-                        manager.directory, failures[-1][1])
+            damaged(step, e)
             continue
         diff = config_differences(saved_config, config, "model")
         if diff:
@@ -161,9 +165,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: TrainState,
                 _DATA: ocp.args.JsonRestore(),
             }))
         except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable data
-            failures.append((step, _reason(e)))
-            log.warning("Checkpoint step %d in %s cannot be restored: %s", step,
-                        manager.directory, failures[-1][1])
+            damaged(step, e)
             continue
         if failures:
             for bad, _ in failures:
