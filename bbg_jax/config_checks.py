@@ -304,48 +304,60 @@ def _check_train(t: Any) -> None:
 
 def _check_eval(config: ml_collections.ConfigDict) -> None:
     ev = config.eval if "eval" in config else eval_config_lib.eval_config()
-    every = _get(ev, "every_steps")
-    check_int("eval.every_steps", every, 0, "0 = no evaluation during training")
-    ckpt = config.train.checkpoint_every
-    if every and every % ckpt:
-        raise config_error("eval.every_steps", every,
-                           f"0 or a multiple of train.checkpoint_every={ckpt}",
-                           "each evaluation reads a saved checkpoint's state")
     names = _get(ev, "evaluators")
     if not (isinstance(names, (list, tuple)) and set(names) <= set(eval_config_lib.EVALUATORS)):
         raise config_error("eval.evaluators", names, f"a subset of {eval_config_lib.EVALUATORS}")
+    for name in eval_config_lib.EVALUATORS:
+        if not isinstance(_get(ev, name), ml_collections.ConfigDict):
+            raise config_error(f"eval.{name}", _get(ev, name, None),
+                               "a section, as eval_config() makes it",
+                               "each evaluator has its own eval.<name> section")
+    ckpt = config.train.checkpoint_every
+    for name in eval_config_lib.EVALUATORS:
+        every = _get(ev[name], "every_steps")
+        check_int(f"eval.{name}.every_steps", every, 0, "0 = not during training")
+        if every and every % ckpt:
+            raise config_error(f"eval.{name}.every_steps", every,
+                               f"0 or a multiple of train.checkpoint_every={ckpt}",
+                               "each evaluation reads a saved checkpoint's state")
     check_int("eval.seed", _get(ev, "seed"))
     check_int("eval.batch_size", _get(ev, "batch_size"), 1)
     check_choice("eval.generator", _get(ev, "generator"), GENERATORS)
     check_choice("eval.bn_stats", _get(ev, "bn_stats"), BN_MODES)
     check_int("eval.standing_batches", _get(ev, "standing_batches"), 1)
-    check_int("eval.fid_num_samples", _get(ev, "fid_num_samples"), 2)
-    splits = _get(ev, "fid_splits")
+
+    samples = ev.samples
+    check_int("eval.samples.sheet_size", _get(samples, "sheet_size"), 4,
+              "interpolations pair the sheet's first quarter with its second")
+    check_int("eval.samples.interpolation_steps", _get(samples, "interpolation_steps"), 2)
+
+    fid = ev.fid
+    check_int("eval.fid.num_samples", _get(fid, "num_samples"), 2)
+    splits = _get(fid, "splits")
     if not (isinstance(splits, (list, tuple)) and splits
             and set(splits) <= set(eval_config_lib.FID_SPLITS)):
-        raise config_error("eval.fid_splits", splits,
+        raise config_error("eval.fid.splits", splits,
                            f"a non-empty subset of {eval_config_lib.FID_SPLITS}")
-    check_str("eval.inception_weights", _get(ev, "inception_weights", None), optional=True)
-    check_str("eval.inception_logits_head", _get(ev, "inception_logits_head", None),
+    check_str("eval.fid.inception_weights", _get(fid, "inception_weights", None), optional=True)
+    check_str("eval.fid.inception_logits_head", _get(fid, "inception_logits_head", None),
               optional=True)
-    check_int("eval.sheet_size", _get(ev, "sheet_size"), 4,
-              "interpolations pair the sheet's first quarter with its second")
-    check_int("eval.interpolation_steps", _get(ev, "interpolation_steps"), 2)
-    check_int("eval.probe_epochs", _get(ev, "probe_epochs"), 1)
-    check_int("eval.probe_batch_size", _get(ev, "probe_batch_size"), 1)
-    check_number("eval.probe_learning_rate", _get(ev, "probe_learning_rate"), 0, low_open=True)
-    grid = _get(ev, "probe_l2_grid")
+
+    pr = ev.probe
+    check_int("eval.probe.epochs", _get(pr, "epochs"), 1)
+    check_int("eval.probe.batch_size", _get(pr, "batch_size"), 1)
+    check_number("eval.probe.learning_rate", _get(pr, "learning_rate"), 0, low_open=True)
+    grid = _get(pr, "l2_grid")
     if not (isinstance(grid, (list, tuple)) and grid and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in grid)):
-        raise config_error("eval.probe_l2_grid", grid, "a non-empty tuple of numbers >= 0")
-    max_train = _get(ev, "probe_max_train", None)
+        raise config_error("eval.probe.l2_grid", grid, "a non-empty tuple of numbers >= 0")
+    max_train = _get(pr, "max_train", None)
     if max_train is not None:
-        check_int("eval.probe_max_train", max_train, 1, "or None = all")
-    params = _get(ev, "probe_params")
-    check_choice("eval.probe_params", params, eval_config_lib.PROBE_PARAMS)
+        check_int("eval.probe.max_train", max_train, 1, "or None = all")
+    params = _get(pr, "params")
+    check_choice("eval.probe.params", params, eval_config_lib.PROBE_PARAMS)
     probing = "probe" in names and config.model.encoder.enabled
     if probing and params == "ema" and not config.train.ema_encoder:
-        raise config_error("eval.probe_params", params, "'raw'",
+        raise config_error("eval.probe.params", params, "'raw'",
                            "train.ema_encoder=False: there is no EMA of the encoder")
     d = config.data
     if probing and d.dataset != "synthetic" and not d.train_val_size:

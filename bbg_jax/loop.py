@@ -218,8 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # (3) Data and evaluators: every process evaluates its devices' part; process 0 writes.
     batches = step_batches(config, mesh, start)
-    ev = evaluators_lib.eval_section(config)
-    evals = evaluators_lib.build_evaluators(config, workdir) if ev.every_steps else []
+    evals = [e for e in evaluators_lib.build_evaluators(config, workdir)
+             if evaluators_lib.every_steps(config, e.name)]
 
     # (4) Loop.
     train_step = jit_train_step(config, mesh)
@@ -252,14 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_checkpoint = step
         flush_logs()  # the logs up to a checkpoint survive a kill
 
-    def evaluate(state, step):
+    def evaluate(state, step, due):
         manager.wait_until_finished()  # an async save must be complete: the best probe copies it
-        metrics, images = evaluators_lib.run_all(evals, state)
+        metrics, images = standalone.run_and_write(config, str(workdir_path), step, due, state)
         writer.write_scalars(step, metrics)
         writer.write_images(step, {k: v[None] for k, v in images.items()})
-        standalone.write_outputs(str(workdir_path), step, metrics, images,
-                                 {"generator": ev.generator, "bn_stats": ev.bn_stats})
-        standalone.record_best_probe(str(workdir_path), step, metrics)
 
     try:
         for step in range(start + 1, t.num_steps + 1):
@@ -276,9 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 settle(pending)
                 pending = None
                 save(state)
-                if evals and not preempted and (step % ev.every_steps == 0
-                                                or step == t.num_steps):
-                    evaluate(state, step)
+                due = [] if preempted else evaluators_lib.due(evals, config, step, t.num_steps)
+                if due:
+                    evaluate(state, step, due)
             hooks.after_step(step, lambda: preemption.requested)
             if preemption.requested and not preempted:  # SIGTERM during the step's tail
                 preempted = True

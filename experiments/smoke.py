@@ -33,6 +33,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.eval = eval_config(fid_num_samples=32)
     config.eval.evaluators = ("samples",)
     config.eval.batch_size = 8
-    config.eval.sheet_size = 8
+    config.eval.samples.sheet_size = 8
     config.eval.standing_batches = 2
     return config

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(config: str, workdir: str, steps: int, cache: str) -> float:
     cmd = [sys.executable, "-m", "bbg_jax.main", f"--config={config}", f"--workdir={workdir}",
            f"--config.train.num_steps={steps}", f"--config.train.checkpoint_every={steps}",
-           "--config.eval.every_steps=0", f"--config.train.compilation_cache_dir={cache}"]
+           "--config.eval.samples.every_steps=0", "--config.eval.fid.every_steps=0",
+           "--config.eval.probe.every_steps=0", f"--config.train.compilation_cache_dir={cache}"]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",

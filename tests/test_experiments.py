@@ -155,4 +155,4 @@ def test_fashion_mnist_main_job_config():
     assert config.data.eval_split == "test" and config.model.image_channels == 1
     assert config.train.online_probe_classes == 10
     assert set(config.eval.evaluators) == {"samples", "fid", "probe"}
-    assert config.eval.fid_num_samples <= 1000  # Inception speed on a CPU (README)
+    assert config.eval.fid.num_samples <= 1000  # Inception speed on a CPU (README)

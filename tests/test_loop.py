@@ -246,10 +246,10 @@ def test_checkpoint_evaluates_standalone(uninterrupted, tmp_path):
     config = load_experiment(SMOKE)
     config.eval = eval_config(fid_num_samples=32)
     config.eval.batch_size = 16
-    config.eval.sheet_size = 8
+    config.eval.samples.sheet_size = 8
     config.eval.standing_batches = 2
-    config.eval.probe_epochs = 2
-    config.eval.probe_max_train = 64
+    config.eval.probe.epochs = 2
+    config.eval.probe.max_train = 64
     batches = evaluators.dataset_batches(config, 16)
     state = standalone.restore(config, workdir)
     assert int(state.step) == 6

@@ -32,8 +32,9 @@ from bbg_jax.train_state import create_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
-EVAL = ["--config.eval.every_steps=3", "--config.eval.evaluators=('samples','fid','probe')",
-        "--config.eval.fid_num_samples=16", "--config.eval.probe_epochs=2"]
+EVAL = ["--config.eval.evaluators=('samples','fid','probe')", "--config.eval.samples.every_steps=3",
+        "--config.eval.fid.every_steps=3", "--config.eval.probe.every_steps=3",
+        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2"]
 
 
 def free_port(low: int = 0) -> int:

@@ -19,8 +19,10 @@ from etils import epath
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
 # Every evaluator, on a tiny sample: FID's Inception on 16 images, the probe on 32 per split.
-EVAL = ["--config.eval.every_steps=3", "--config.eval.evaluators=('samples','fid','probe')",
-        "--config.eval.fid_num_samples=16", "--config.eval.probe_epochs=2"]
+# Each evaluator on its own schedule: FID only at step 6.
+EVAL = ["--config.eval.evaluators=('samples','fid','probe')", "--config.eval.samples.every_steps=3",
+        "--config.eval.fid.every_steps=6", "--config.eval.probe.every_steps=3",
+        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2"]
 
 
 def _env(gcs_emulator, **extra):
@@ -103,11 +105,12 @@ def test_training_writes_every_artefact_into_the_bucket(trained, bucket_cache):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == \
         ["3", "6"]
-    for step in (3, 6):
+    for step, evaluated in ((3, ["samples", "probe"]), (6, ["samples", "fid", "probe"])):
         report = json.loads((run / "eval" / f"step_{step}" / "report.json").read_text())
         assert report["step"] == step
-        assert {"fid_16_ema_standing_train", "probe_top1_bn_crelu_trainval"} <= set(
-            report["metrics"])
+        assert report["evaluators"] == evaluated
+        assert ("fid_16_ema_standing_train" in report["metrics"]) == (step == 6)
+        assert "probe_top1_bn_crelu_trainval" in report["metrics"]
         pngs = {p.name for p in (run / "eval" / f"step_{step}").glob("*.png")}
         assert {"samples_ema_standing.png", "reconstructions_ema_standing.png"} <= pngs
     assert list((run / "fid_stats").glob("*.npz"))
@@ -172,6 +175,8 @@ def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):
     _fresh()
     report = json.loads((run / "eval" / "step_3" / "report.json").read_text())
     assert report["step"] == 3 and "probe_top1_bn_crelu_trainval" in report["metrics"]
+    # --mode=eval runs every evaluator of eval.evaluators, whatever its training schedule.
+    assert report["evaluators"] == ["samples", "fid", "probe"]
 
     out = _run(["-m", "bbg_jax.evaluation.report", f"--workdir={workdir}"], _env(gcs_emulator),
                tmp_path)

@@ -1,8 +1,10 @@
-"""Evaluators with one contract: ``run(state) -> (metrics, images)``.
+"""Evaluators with one contract: ``run(state) -> (metrics, images)``, and their registry.
 
 ``metrics`` maps provenance-carrying names to floats; ``images`` maps names to uint8 [H, W, C]
-sheets. The same objects run periodically inside training and standalone on a checkpoint
-(``bbg_jax.evaluation.standalone``).
+sheets. The same objects run periodically inside training (each on its own
+``eval.<name>.every_steps``) and standalone on a checkpoint (``bbg_jax.evaluation.standalone``).
+``REGISTRY`` maps each name of ``eval.evaluators`` to its builder; a new evaluator is one class
+and one entry.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class SampleSheets:
 
     def __init__(self, config, batches: BatchesFn):
         self.config, self.ev = config, eval_section(config)
-        n = self.ev.sheet_size
+        n = self.ev.samples.sheet_size
         key = jax.random.key(self.ev.seed)
         self.z, self.y = generation.draw_latents(config, key, n)
         models = build_models(config)
@@ -107,7 +109,7 @@ class SampleSheets:
         half = self.z.shape[0] // 2
         images[f"interpolations_{tag}"] = sheets.interpolation_sheet(
             sample, self.z[:half // 2], self.z[half // 2:half], None if self.y is None
-            else self.y[:half // 2], ev.interpolation_steps)
+            else self.y[:half // 2], ev.samples.interpolation_steps)
         if self.real is not None:
             variables = replicate({"params": state.params["E"], **state.model_state["E"]},
                                   self.sampler.mesh)
@@ -122,7 +124,7 @@ class SampleSheets:
 class FIDEvaluator:
     """FID of N samples against cached real statistics; metric fid_{N}_{gen}_{bn}_{split}.
 
-    With ``eval.inception_logits_head`` (an .npz of the classifier on the pool features) the
+    With ``eval.fid.inception_logits_head`` (an .npz of the classifier on the pool features) the
     same samples also give the Inception Score: is_{N}_{gen}_{bn} and its std over 10 splits.
     """
 
@@ -133,9 +135,9 @@ class FIDEvaluator:
 
         self.config, self.ev, self.workdir, self.batches = (
             config, eval_section(config), workdir, batches)
-        self.features = features or InceptionFeatures(self.ev.inception_weights)
+        self.features = features or InceptionFeatures(self.ev.fid.inception_weights)
         self.sampler = generation.Sampler(config)
-        head = self.ev.get("inception_logits_head")
+        head = self.ev.fid.inception_logits_head
         self.logits_head = metrics.load_logits_head(head) if head else None
 
     def _stats(self, image_batches: Iterable[jax.Array], keep: list | None = None
@@ -151,7 +153,7 @@ class FIDEvaluator:
 
     def real_stats(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         """Statistics of the first N real images (image_d) of a split, cached in the workdir."""
-        d, n = self.config.data, self.ev.fid_num_samples
+        d, n = self.config.data, self.ev.fid.num_samples
         split = which if d.dataset == "synthetic" else split_name(self.config, which)
         tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d.dataset}_{split}_{d.resolution_d}px_{n}")
         path = paths.path(self.workdir) / "fid_stats" / f"{tag}.npz"
@@ -160,7 +162,7 @@ class FIDEvaluator:
         return cached["mu"], cached["sigma"]
 
     def run(self, state):
-        ev, n = self.ev, self.ev.fid_num_samples
+        ev, n = self.ev, self.ev.fid.num_samples
         sample = self.sampler.bind(state, ev.generator, ev.bn_stats, jax.random.key(ev.seed + 1),
                                    ev.standing_batches, ev.batch_size)
 
@@ -176,7 +178,7 @@ class FIDEvaluator:
         mu, sigma = self._stats(fakes(), keep=fake_features)
         tag = f"{metrics.count_name(n)}_{ev.generator}_{ev.bn_stats}"
         out = {f"fid_{tag}_{which}": metrics.frechet_distance(mu, sigma, *self.real_stats(which))
-               for which in ev.fid_splits}
+               for which in ev.fid.splits}
         if self.logits_head is not None:
             # IS from the same samples: the head applied to the pool features (TF's
             # softmax/logits = pool_3 @ W + b), 10 splits as in Salimans et al.
@@ -213,13 +215,13 @@ class ProbeEvaluator:
         compute = lambda: self.extract(variables, self.batches(which, limit))  # noqa: E731
         if self.workdir is None:
             return compute()
-        path = trained_features_path(self.workdir, step, self.ev.probe_params, which, limit)
+        path = trained_features_path(self.workdir, step, self.ev.probe.params, which, limit)
         return probe.cached(path, compute)
 
     def _drop_older_features(self, step: int) -> None:
-        ev = self.ev
-        keep = {trained_features_path(self.workdir, step, ev.probe_params, w, limit)
-                for w, limit in (("train", ev.probe_max_train), ("trainval", None),
+        pr = self.ev.probe
+        keep = {trained_features_path(self.workdir, step, pr.params, w, limit)
+                for w, limit in (("train", pr.max_train), ("trainval", None),
                                  ("eval", None))}
         if jax.process_index() > 0:
             return  # only process 0 writes (and deletes) files
@@ -228,38 +230,61 @@ class ProbeEvaluator:
                 path.unlink()
 
     def run(self, state):
-        ev = self.ev
-        params = state.ema_params["E"] if ev.probe_params == "ema" else state.params["E"]
+        pr = self.ev.probe
+        params = state.ema_params["E"] if pr.params == "ema" else state.params["E"]
         variables = {"params": params, **state.model_state["E"]}
         step = int(jax.device_get(state.step))
         feats = {
-            "train": self._features(variables, step, "train", ev.probe_max_train),
+            "train": self._features(variables, step, "train", pr.max_train),
             "trainval": self._features(variables, step, "trainval", None),
             "test": self._features(variables, step, "eval", None),
         }
         if self.workdir is not None:
             self._drop_older_features(step)
         num_classes = int(max(f["label"].max() for f in feats.values())) + 1
-        settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size,
-                                       ev.probe_learning_rate, tuple(ev.probe_l2_grid), ev.seed)
+        settings = probe_settings(self.ev)
         return probe.probe_metrics(feats, num_classes, settings), {}
+
+
+def probe_settings(ev: ml_collections.ConfigDict) -> probe.ProbeSettings:
+    pr = ev.probe
+    return probe.ProbeSettings(pr.epochs, pr.batch_size, pr.learning_rate, tuple(pr.l2_grid),
+                               ev.seed)
+
+
+# name -> builder(config, workdir, batches) -> Evaluator, or None where the model has no use for
+# it (the probe of a GAN without an encoder).
+Builder = Callable[[ml_collections.ConfigDict, str, BatchesFn], "Evaluator | None"]
+REGISTRY: dict[str, Builder] = {
+    "samples": lambda config, workdir, batches: SampleSheets(config, batches),
+    "fid": lambda config, workdir, batches: FIDEvaluator(config, workdir, batches),
+    "probe": lambda config, workdir, batches: (ProbeEvaluator(config, batches, workdir)
+                                               if "E" in build_models(config) else None),
+}
+
+
+def every_steps(config: ml_collections.ConfigDict, name: str) -> int:
+    """How often evaluator ``name`` runs during training (0 = never)."""
+    return eval_section(config)[name].every_steps
 
 
 def build_evaluators(config, workdir: str, batches: BatchesFn | None = None,
                      names: Iterable[str] | None = None) -> list[Evaluator]:
+    """The evaluators ``names`` (default: ``eval.evaluators``) from the registry."""
     ev = eval_section(config)
     batches = batches or dataset_batches(config, ev.batch_size)
-    has_e = "E" in build_models(config)
-    out: list[Evaluator] = []
-    for name in names or ev.evaluators:
-        if name == "samples":
-            out.append(SampleSheets(config, batches))
-        elif name == "fid":
-            out.append(FIDEvaluator(config, workdir, batches))
-        elif name == "probe" and has_e:
-            out.append(ProbeEvaluator(config, batches, workdir))
-        elif name != "probe":
-            raise ValueError(f"unknown evaluator {name!r}")
+    built = (REGISTRY[name](config, workdir, batches) for name in names or ev.evaluators)
+    return [e for e in built if e is not None]
+
+
+def due(evaluators: Iterable[Evaluator], config, step: int, last_step: int) -> list[Evaluator]:
+    """The evaluators whose training schedule includes ``step`` (each runs every
+    ``eval.<name>.every_steps`` and at the last step)."""
+    out = []
+    for e in evaluators:
+        every = every_steps(config, e.name)
+        if every and (step % every == 0 or step == last_step):
+            out.append(e)
     return out
 
 

@@ -94,7 +94,7 @@ def load_logits_head(path: str) -> tuple[np.ndarray, np.ndarray]:
 
     if not paths.path(path).exists():
         raise FileNotFoundError(
-            f"eval.inception_logits_head={path!r} does not exist: convert the TF 2015-12-05 "
+            f"eval.fid.inception_logits_head={path!r} does not exist: convert the TF 2015-12-05 "
             "Inception graph's softmax layer with `python -m bbg_jax.evaluation.logits_head "
             "--graph classify_image_graph_def.pb --out head.npz` or unset it (IS is skipped).")
     f = paths.load_npz(path)

@@ -158,7 +158,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     batches_fn = batches_fn or evaluators_lib.dataset_batches(config, ev.batch_size)
     state = standalone.restore(config, workdir, step)
     step = int(jax.device_get(state.step))
-    max_train = ev.probe_max_train
+    max_train = ev.probe.max_train
     limits = {"train": max_train, "trainval": None, "eval": None}
     E = build_models(config)["E"]
     extract = probe.FeatureExtractor(E)  # jitted once for every split and both encoders
@@ -199,8 +199,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     features["random"] = timed("random_features", lambda: split_features(
         random_features, fixed(f"random_encoder_seed{random_seed}")))
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
-    settings = probe.ProbeSettings(ev.probe_epochs, ev.probe_batch_size, ev.probe_learning_rate,
-                                   tuple(ev.probe_l2_grid), ev.seed)
+    settings = evaluators_lib.probe_settings(ev)
     rows, fitted = timed("probes", lambda: probe_table(features, num_classes, settings))
 
     best = max(("bigbigan_avepool", "bigbigan_bn_crelu"), key=lambda r: rows[r]["top1_trainval"])

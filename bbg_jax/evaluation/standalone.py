@@ -85,12 +85,20 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
     use_compilation_cache(config, workdir)
     state = restore(config, workdir, step)
     step = int(jax.device_get(state.step))
-    ev = evaluators_lib.eval_section(config)
     evaluators = evaluators_lib.build_evaluators(config, workdir, batches)
+    metrics, _ = run_and_write(config, workdir, step, evaluators, state)
+    return metrics
+
+
+def run_and_write(config: ml_collections.ConfigDict, workdir: str, step: int, evaluators,
+                  state) -> tuple[dict, dict]:
+    """Runs ``evaluators`` on ``state``, writes WORKDIR/eval/step_N/ and tracks the best probe
+    (in training and standalone alike); returns (metrics, images)."""
     metrics, images = evaluators_lib.run_all(evaluators, state)
+    ev = evaluators_lib.eval_section(config)
     provenance = {"generator": ev.generator, "bn_stats": ev.bn_stats,
-                  "fid_num_samples": ev.fid_num_samples,
+                  "fid_num_samples": ev.fid.num_samples,
                   "evaluators": [e.name for e in evaluators]}
     write_outputs(workdir, step, metrics, images, provenance)
     record_best_probe(workdir, step, metrics)
-    return metrics
+    return metrics, images

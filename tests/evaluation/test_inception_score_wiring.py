@@ -20,7 +20,7 @@ def _config(head=None):
     config.eval = eval_config(fid_num_samples=40)
     config.eval.batch_size = 20
     config.eval.standing_batches = 1
-    config.eval.inception_logits_head = head
+    config.eval.fid.inception_logits_head = head
     return config
 
 

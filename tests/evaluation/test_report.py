@@ -22,8 +22,8 @@ def _smoke_checkpoint(tmp_path):
     config.eval = eval_config(fid_num_samples=32)
     config.eval.batch_size = 16
     config.eval.standing_batches = 1
-    config.eval.probe_epochs = 2
-    config.eval.probe_max_train = 64
+    config.eval.probe.epochs = 2
+    config.eval.probe.max_train = 64
     workdir = str(tmp_path)
     state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
     state = state.replace(step=state.step + 4)  # as if trained 4 steps
@@ -48,7 +48,7 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
     assert set(rep["probe"]) == set(report.ROWS)
     for row in rep["probe"].values():
         assert 0.0 <= row["top1_test"] <= row["top5_test"] <= 1.0
-        assert row["l2"] in config.eval.probe_l2_grid
+        assert row["l2"] in config.eval.probe.l2_grid
     assert rep["fid"]["first"] == {"step": 2, "fid_32_ema_standing_train": 90.0}
     assert rep["fid"]["last"]["fid_32_ema_standing_train"] == 70.0
     rc = rep["reconstruction_class_agreement"]

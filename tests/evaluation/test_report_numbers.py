@@ -123,9 +123,9 @@ def make_config():
     config.train = train_config()
     config.data = ml_collections.ConfigDict({"eval_split": "test"})
     config.eval = eval_config()
-    config.eval.update(dict(batch_size=50, standing_batches=2, probe_epochs=10,
-                            probe_batch_size=64, probe_learning_rate=1e-2,
-                            probe_l2_grid=L2_GRID, generator="ema", bn_stats="standing"))
+    config.eval.update(dict(batch_size=50, standing_batches=2, generator="ema",
+                            bn_stats="standing"))
+    config.eval.probe.update(dict(epochs=10, batch_size=64, learning_rate=1e-2, l2_grid=L2_GRID))
     return config
 
 
