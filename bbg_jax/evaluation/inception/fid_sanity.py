@@ -1,6 +1,7 @@
-"""FID sanity check on Fashion-MNIST: ``python -m bbg_jax.evaluation.fid_sanity --n 500``.
+"""FID sanity check on Fashion-MNIST.
 
-Prints FID(test[:n], test[5000:5000+n]) -- two disjoint halves of the real test set -- and
+``python -m bbg_jax.evaluation.inception.fid_sanity --n 500`` prints
+FID(test[:n], test[5000:5000+n]) -- two disjoint halves of the real test set -- and
 FID(test[:n], n smooth-noise images), an unrelated image set. The first must be far below the
 second. Reads the IDX files directly (numpy only, no TensorFlow).
 """
