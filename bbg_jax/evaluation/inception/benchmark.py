@@ -5,11 +5,11 @@ Prints images/s (compile excluded) on the default JAX backend, for sizing FID sa
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
+from absl import app, flags
 
 from bbg_jax.evaluation.inception import InceptionFeatures
 
@@ -27,17 +27,24 @@ def benchmark(batch_size: int, resolution: int, num_images: int, weights: str | 
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch_size", type=int, default=50)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--num_images", type=int, default=200)
-    parser.add_argument("--weights", default=None)
-    args = parser.parse_args()
-    rate = benchmark(args.batch_size, args.resolution, args.num_images, args.weights)
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program: ``benchmark()`` is importable,
+    and ``fid_sanity`` defines flags of the same names that would collide in one process."""
+    global _BATCH_SIZE, _RESOLUTION, _NUM_IMAGES, _WEIGHTS
+    _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Images per Inception call.")
+    _RESOLUTION = flags.DEFINE_integer("resolution", 128, "Input side in pixels (resized to 299).")
+    _NUM_IMAGES = flags.DEFINE_integer("num_images", 200, "Images timed (whole batches, >= 1).")
+    _WEIGHTS = flags.DEFINE_string("weights", None,
+                                   "TorchScript weights (default: the packaged default_1.pt).")
+
+
+def main(argv) -> None:
+    del argv
+    rate = benchmark(_BATCH_SIZE.value, _RESOLUTION.value, _NUM_IMAGES.value, _WEIGHTS.value)
     print(f"{jax.devices()[0].device_kind}: {rate:.1f} images/s "
-          f"(batch {args.batch_size}, {args.resolution}px -> 299)")
+          f"(batch {_BATCH_SIZE.value}, {_RESOLUTION.value}px -> 299)")
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)
