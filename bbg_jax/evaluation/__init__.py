@@ -2,11 +2,10 @@
 
 Modules (import them directly; this file imports nothing, so TensorFlow and the Inception
 weights load only when used):
-  torchscript_weights  torch-free reader of TorchScript zip archives (restricted unpickler)
-  inception            Flax FID Inception-v3, its preprocessing and weight loader
-  inception_benchmark  ``python -m bbg_jax.evaluation.inception_benchmark``: images/s
+  inception            the FID Inception-v3 package: the Flax port (``network``), its TorchScript
+                       weight reader, the IS logits-head converter, ``benchmark`` (images/s)
+                       and ``fid_sanity`` (FID on Fashion-MNIST)
   metrics              Fréchet distance, Inception Score, streaming feature statistics
-  fid_sanity           ``python -m bbg_jax.evaluation.fid_sanity``: FID on Fashion-MNIST
   probe                frozen-E features and the linear probe
   generation           sampling G: EMA/raw weights, batch/standing BN statistics
   png, sheets          a numpy+zlib PNG writer; sample/reconstruction/interpolation sheets

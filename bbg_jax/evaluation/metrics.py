@@ -88,15 +88,16 @@ def count_name(n: int) -> str:
 def load_logits_head(path: str) -> tuple[np.ndarray, np.ndarray]:
     """An Inception logits head saved as .npz: ``kernel`` [2048, K] and ``bias`` [K].
 
-    ``python -m bbg_jax.evaluation.logits_head`` writes one from the original TF graph.
+    ``python -m bbg_jax.evaluation.inception.logits_head`` writes one from the original TF graph.
     """
     from bbg_jax import paths
 
     if not paths.path(path).exists():
         raise FileNotFoundError(
             f"eval.fid.inception_logits_head={path!r} does not exist: convert the TF 2015-12-05 "
-            "Inception graph's softmax layer with `python -m bbg_jax.evaluation.logits_head "
-            "--graph classify_image_graph_def.pb --out head.npz` or unset it (IS is skipped).")
+            "Inception graph's softmax layer with `python -m "
+            "bbg_jax.evaluation.inception.logits_head --graph classify_image_graph_def.pb "
+            "--out head.npz` or unset it (IS is skipped).")
     f = paths.load_npz(path)
     if "kernel" not in f or "bias" not in f:
         raise ValueError(f"{path} must hold arrays 'kernel' [2048, K] and 'bias' [K]; "

