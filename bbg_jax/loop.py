@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from bbg_jax import checkpoint, config_checks, paths, progress, sharding, summaries
+from bbg_jax import checkpoint, config_checks, console, paths, progress, sharding, summaries
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
@@ -211,8 +211,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if lead:
         paths.write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
     start = int(jax.device_get(state.step))
-    log.info("Train state: %s; %d devices, global batch %d.", how, mesh.devices.size,
-             config.data.batch_size)
+    if lead:
+        n = mesh.devices.size
+        console.say(f"train: {how}; {n} device{'s' * (n > 1)}, global batch "
+                    f"{config.data.batch_size}, {t.num_steps} steps")
     last_checkpoint = manager.latest_step()
     metrics_log = summaries.MetricsLog(workdir, start) if lead else None
 
@@ -223,9 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # (4) Loop.
     train_step = jit_train_step(config, mesh)
-    report = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                             every_secs=30.0)
-    bar = progress.ProgressBar(t.num_steps, start) if lead else None
+    bar = progress.Progress(t.num_steps, start, writer) if lead else None
     preemption = _Preemption()
     pending: tuple[int, dict] | None = None
 
@@ -239,6 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             writer.write_scalars(step, scalars)
             if metrics_log:
                 metrics_log.append(step, scalars)
+            if bar:
+                bar.log(step, scalars)
 
     def flush_logs():
         writer.flush()
@@ -254,10 +256,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     def evaluate(state, step, due):
         manager.wait_until_finished()  # an async save must be complete: the best probe copies it
+        began = time.monotonic()
         metrics, images = standalone.run_and_write(config, str(workdir_path), step, due, state)
+        if bar:
+            bar.message(progress.evaluation_summary(step, metrics, time.monotonic() - began))
         writer.write_scalars(step, metrics)
         writer.write_images(step, {k: v[None] for k, v in images.items()})
 
+    run_began = time.monotonic()
     try:
         for step in range(start + 1, t.num_steps + 1):
             batch = hooks.batch(step, next(batches))
@@ -265,7 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if pending is not None:
                 settle(pending)
             pending = (step, metrics)
-            report(step)
             if bar:
                 bar.update(step)
             preempted = preemption.reached(step)
@@ -295,4 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         preemption.restore()
         flush_logs()
         manager.close()  # waits for an async save to finish
+    done = int(jax.device_get(state.step))
+    if lead and done == t.num_steps and done > start:
+        console.say(f"train: reached step {done} in {(time.monotonic() - run_began) / 60:.1f} "
+                    "min")
     return state

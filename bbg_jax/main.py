@@ -2,6 +2,10 @@
 
 ``--mode=eval --workdir=DIR [--step=N]`` evaluates a checkpoint instead.
 
+The terminal shows the run's stages, a progress bar with one-line summaries and warnings; the
+INFO logs go to WORKDIR/log.txt, and ``-v`` (or ``BBG_VERBOSE=1``) shows them too
+(``bbg_jax.console``).
+
 Overrides: ``--config.train.num_steps=100`` and the like. Everything else lives in the library.
 
 A bad command line, config or workdir stops the run before anything is created, written or
@@ -13,20 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import ConfigDict, config_flags
 
-from bbg_jax import config_checks, sharding
+from bbg_jax import config_checks, console, sharding
 from bbg_jax.config_checks import ConfigError
 
-_OUR_FLAGS = ("--config", "--workdir", "--mode", "--step")
+_OUR_FLAGS = ("--config", "--workdir", "--mode", "--step", "-v/--verbose")
+_VERBOSE_ARGS = ("-v", "--verbose")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,13 +40,6 @@ class Args:
     workdir: str
     mode: str
     step: int | None
-
-
-class _QuietOrbax(logging.Filter):
-    """Orbax logs every file it writes at INFO; keep its warnings, drop the rest."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
@@ -112,6 +108,9 @@ def _flag_error(e: flags.Error, fv: flags.FlagValues) -> ConfigError:
 def parse(argv: Sequence[str], fv: flags.FlagValues | None = None) -> Args:
     """``argv`` (program name first) -> Args, or ConfigError; ``fv`` None = fresh flags."""
     fv = flags.FlagValues() if fv is None else fv
+    if any(a in _VERBOSE_ARGS for a in argv[1:]):
+        console.set_verbose(True)
+        argv = [argv[0]] + [a for a in argv[1:] if a not in _VERBOSE_ARGS]
     spec, overrides = _scan(argv)
     preloaded = None
     if spec is not None:
@@ -183,9 +182,12 @@ def _stop(error: Exception) -> None:
     sys.exit(f"bbg_jax.main: {' '.join(str(error).split())}")  # one line, no traceback
 
 
-def execute(args: Args) -> None:
+def execute(args: Args, own_process: bool = False) -> None:
     """Checks (exiting with one line on a bad config, workdir or launch environment), then
-    trains or evaluates."""
+    trains or evaluates. ``own_process``: the command is this process (``python -m``), so
+    native libraries' logs can be sent to the run's log file too (``console.RunLog``)."""
+    if own_process:
+        console.quiet_terminal()  # before anything imports TensorFlow
     try:
         config = prepare(args)
         sharding.maybe_initialize_distributed()
@@ -193,11 +195,18 @@ def execute(args: Args) -> None:
             config_checks.check_devices(config)
     except (ConfigError, sharding.DistributedConfigError) as e:
         _stop(e)
-    absl_logging.get_absl_handler().addFilter(_QuietOrbax())
-    if args.mode == "train":
-        _train(config, args.workdir)
-    else:
-        _evaluate(config, args.workdir, args.step)
+    import jax
+
+    run_log = console.RunLog(args.workdir, jax.process_index(), native_to_log=own_process)
+    try:
+        if jax.process_index() == 0:
+            console.say(f"bbg_jax.main: {args.mode} in {args.workdir}; log: {run_log.path}")
+        if args.mode == "train":
+            _train(config, args.workdir)
+        else:
+            _evaluate(config, args.workdir, args.step)
+    finally:
+        run_log.close()
 
 
 def run(argv: Sequence[str]) -> None:
@@ -219,4 +228,4 @@ def _parse_for_app(argv: list[str]) -> Args:
 
 
 if __name__ == "__main__":
-    app.run(execute, flags_parser=_parse_for_app)
+    app.run(lambda args: execute(args, own_process=True), flags_parser=_parse_for_app)

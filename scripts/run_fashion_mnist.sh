@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 WORKDIR="${1:-/tmp/bbg-fashion-mnist}"
 shift || true
 bash scripts/setup.sh
-echo "workdir: $WORKDIR"
 # Split the batch over 2 simulated host devices (one per core of a 2-core machine), unless the
 # caller chose a device count; on an accelerator this only affects the unused host platform.
 if [[ "${XLA_FLAGS:-}" != *xla_force_host_platform_device_count* ]]; then

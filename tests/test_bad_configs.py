@@ -369,7 +369,9 @@ def test_a_good_config_reaches_training(tmp_path, monkeypatch):
     monkeypatch.setattr(main, "_train", lambda config, workdir: started.append(workdir))
     main.run(["bbg_jax.main", f"--config={SMOKE}", f"--workdir={tmp_path / 'run'}",
               "--config.train.num_steps=2"])
-    assert started == [str(tmp_path / "run")] and not (tmp_path / "run").exists()
+    assert started == [str(tmp_path / "run")]
+    # Only the run's log file exists when training starts (the checks wrote nothing).
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["log.txt"]
 
 
 def test_every_experiment_passes_the_checks():

@@ -8,6 +8,7 @@ All runs share the session's persistent compilation cache: the first compiles, t
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,7 +77,27 @@ def uninterrupted(tmp_path_factory, compilation_cache):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     rc, out = _main(workdir, compilation_cache)
     assert rc == 0, out
+    (workdir.parent / "uninterrupted_terminal.txt").write_text(out)
     return workdir
+
+
+def test_terminal_shows_stages_progress_and_summaries_and_the_log_file_the_rest(uninterrupted):
+    lines = (uninterrupted.parent / "uninterrupted_terminal.txt").read_text().splitlines()
+    assert lines[0] == f"bbg_jax.main: train in {uninterrupted}; log: {uninterrupted}/log.txt"
+    assert re.fullmatch(r"train: fresh initialisation; \d+ devices?, global batch 8, 6 steps",
+                        lines[1])
+    summaries = [line for line in lines if re.fullmatch(
+        r"step \d/6  D -?\d+\.\d{3}  G -?\d+\.\d{3}  E -?\d+\.\d{3}  online probe "
+        r"\d+\.\d%( .*)?", line)]
+    assert [int(line.split()[1][0]) for line in summaries] == [1, 2, 3, 4, 5, 6]
+    assert re.fullmatch(r"train: reached step 6 in \d+\.\d min", lines[-1])
+    # Nothing else: no absl/JAX/TensorFlow INFO lines, no native notices.
+    assert len(lines) <= 2 + 6 + 1 + 2, lines  # + at most two bare progress lines
+    log = (uninterrupted / "log.txt").read_text()
+    for line in lines:  # the log keeps every line the terminal showed ...
+        assert line in log
+    assert "logging_writer.py" in log  # ... and the INFO logs
+    assert "port.cc" in log  # TensorFlow's C++ notices (file descriptor 2) land there too
 
 
 def _copy(src, dst) -> Path:
@@ -104,9 +125,10 @@ def test_resume_after_sigkill_is_bit_exact(uninterrupted, tmp_path, compilation_
     _wait_for(tmp_path / "hanging_at_4", proc)
     _kill(proc)
     assert _steps(tmp_path) == [3]
-    rc, out = _main(tmp_path, compilation_cache)
+    rc, out = _main(tmp_path, compilation_cache, "-v")  # -v: the INFO logs on the terminal too
     assert rc == 0, out
     assert "resumed from step 3" in out
+    assert re.search(r"^I\d{4} .*logging_writer.py", out, re.M), out
     assert tree_equal(_restore(tmp_path, 6), _restore(uninterrupted, 6))
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]

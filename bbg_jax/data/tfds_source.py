@@ -8,10 +8,14 @@ and each process reads its own equal, disjoint part of whichever split via ``tfd
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import ml_collections
 import tensorflow_datasets as tfds
 from etils import epath
 
+from bbg_jax import console
 from bbg_jax.data import fashion_mnist
 
 
@@ -35,6 +39,18 @@ def _how_to_prepare(name: str, data_dir: str) -> str:
             f"or set data.download=True.")
 
 
+@contextlib.contextmanager
+def _preparing(what: str, data_dir: str):
+    """One terminal line for the preparation; TFDS' banner and progress bars go to the log."""
+    console.say(f"data: preparing {what} in {data_dir} (once) ...", end="")
+    start = time.monotonic()
+    if not console.verbose():
+        tfds.disable_progress_bar()
+    with console.into_log("tfds"):
+        yield
+    console.say(f" done ({time.monotonic() - start:.0f} s)")
+
+
 def prepared_builder(c: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The TFDS builder of ``c.dataset`` in ``c.data_dir``, prepared if it can be done here.
 
@@ -49,10 +65,12 @@ def prepared_builder(c: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     data_dir = str(epath.Path(builder.data_dir).parent.parent)
     if (c.dataset == "fashion_mnist"
             and fashion_mnist.local_files_exist(c.local_fashion_mnist_dir)):
-        fashion_mnist.prepare(data_dir, source_dir=c.local_fashion_mnist_dir)
+        with _preparing(f"{c.dataset} from {c.local_fashion_mnist_dir}", data_dir):
+            fashion_mnist.prepare(data_dir, source_dir=c.local_fashion_mnist_dir)
         return tfds.builder(c.dataset, data_dir=data_dir)
     if c.download:
-        builder.download_and_prepare(file_format="tfrecord")
+        with _preparing(f"{c.dataset} (download)", data_dir):
+            builder.download_and_prepare(file_format="tfrecord")
         return builder
     raise DatasetNotPreparedError(
         f"Dataset {c.dataset!r} is not prepared in {data_dir} (looked for {builder.data_dir}). "

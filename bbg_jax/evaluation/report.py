@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from bbg_jax import paths
+from bbg_jax import console, paths
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import generation, probe, standalone
 from bbg_jax.evaluation.sharded import ShardedFn, replicate
@@ -247,7 +247,14 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 
 def main(argv):
     del argv
-    report = build_report(_WORKDIR.value, _STEP.value)
+    console.quiet_terminal()  # INFO logs into WORKDIR/log.txt, as for training
+    run_log = console.RunLog(_WORKDIR.value, native_to_log=True)
+    console.say(f"report: linear probes of raw pixels, a random-weight encoder and the trained "
+                f"encoder; reconstructions ({_WORKDIR.value}) ...")
+    try:
+        report = build_report(_WORKDIR.value, _STEP.value)
+    finally:
+        run_log.close()
     print(format_table(report))
 
 

@@ -1,0 +1,212 @@
+"""Benchmark harness: time the train step (and its pieces) on synthetic data, no TensorFlow.
+
+    python -m bbg_jax.benchmark --config experiments/smoke.py [--batch 64] [--steps 10]
+        [--pieces] [--dtype bfloat16] [--config.key=value ...]
+
+Prints a table and one JSON line per run: compile time; median and spread of the step time over
+``--steps`` steps after warm-up; images/s; the compiled step's FLOPs (XLA cost analysis) beside
+the analytic count (``bbg_jax.flops``); achieved FLOP/s and its fraction of the platform's peak;
+peak device memory where the platform reports it, and XLA's compiled temporary and argument
+bytes per device on every platform. ``--pieces`` also times G/E/D forward passes,
+the D update, the G/E update, the spectral-norm power iterations and self-attention.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from bbg_jax import flops, loop, sharding
+from bbg_jax.models import build_models, init_variables
+from bbg_jax.train import jit_train_step, make_step_functions
+from bbg_jax.train_state import create_train_state
+
+
+def _define_flags() -> None:
+    """Command-line flags, defined only when run as a program: this module's functions are
+    imported by tests and notebooks, where a second absl ``--config`` flag would collide."""
+    global _CONFIG, _BATCH, _STEPS, _PIECES, _DTYPE
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+    _BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's).")
+    _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step; 0 = compile "
+                                  "only (memory and FLOPs, no timing).")
+    _PIECES = flags.DEFINE_bool("pieces", False, "Also time the step's parts.")
+    _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
+
+
+# Dense peak FLOP/s per chip, (bf16, fp32). fp32 on NVIDIA is the non-tensor-core rate
+# (TF32 tensor cores give 494/378 TFLOP/s on H100/A100 dense).
+PEAKS = {
+    "H100": (989e12, 67e12),
+    "H200": (989e12, 67e12),
+    "A100": (312e12, 19.5e12),
+    "TPU v4": (275e12, None),
+    "TPU v5 lite": (197e12, None),
+    "TPU v5p": (459e12, None),
+}
+
+
+def platform_peak(device: jax.Device, dtype: str) -> float | None:
+    kind = device.device_kind
+    for name, (bf16, fp32) in PEAKS.items():
+        if name.lower() in kind.lower():
+            return bf16 if dtype == "bfloat16" else fp32
+    return None  # CPU and unknown chips: no peak to compare against
+
+
+def time_fn(fn: Callable[[], Any], steps: int) -> tuple[float, list[float]]:
+    """(first call seconds, per-call seconds of ``steps`` further calls), each synchronised."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return first, times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    t = np.asarray(times)
+    return {"median_s": float(np.median(t)), "p10_s": float(np.percentile(t, 10)),
+            "p90_s": float(np.percentile(t, 90))}
+
+
+def peak_memory(device: jax.Device) -> int | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def benchmark_step(config, steps: int) -> dict[str, Any]:
+    mesh = sharding.make_mesh()
+    batch_size = config.data.batch_size
+    sharding.check_batch_divisible(batch_size, mesh)
+    state = jax.jit(lambda k: create_train_state(config, k),
+                    out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(0))
+    batch = next(loop.step_batches(config, mesh, 0))
+    step = jit_train_step(config, mesh)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    xla_flops = float(cost.get("flops", 0.0)) * mesh.devices.size  # cost is per device
+    # XLA's buffer assignment for one device: where remat, reversible backprop or grouped BN
+    # change memory, this shows it on every platform (peak_memory_bytes needs an accelerator).
+    mem = compiled.memory_analysis()
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    analytic = flops.train_step_flops(config, batch_size)
+    device = jax.devices()[0]
+    peak = platform_peak(device, config.model.dtype)
+    if steps > 0:
+        _, times = time_fn(run, steps)
+        stats = summary(times)
+        achieved = analytic / stats["median_s"]
+    else:  # --steps 0: compile only (memory and FLOPs of configs too slow to run here)
+        stats = {"median_s": None, "p10_s": None, "p90_s": None}
+        achieved = None
+    return {
+        "what": "train_step", "device": device.device_kind, "devices": mesh.devices.size,
+        "dtype": config.model.dtype, "batch": batch_size, "n_d_steps": config.train.n_d_steps,
+        "compile_s": compile_s, **stats,
+        "images_per_s": None if achieved is None else batch_size / stats["median_s"],
+        "xla_flops": xla_flops, "analytic_flops": analytic,
+        "achieved_flop_per_s": achieved,
+        "fraction_of_peak": (None if peak is None or achieved is None
+                             else achieved / (peak * mesh.devices.size)),
+        "peak_memory_bytes": peak_memory(device),
+        "compiled_temp_bytes": None if mem is None else int(mem.temp_size_in_bytes),
+        "compiled_argument_bytes": None if mem is None else int(mem.argument_size_in_bytes),
+    }
+
+
+def benchmark_pieces(config, steps: int) -> list[dict[str, Any]]:
+    """Times each network's forward pass and each update of the step, jitted on one device."""
+    from bbg_jax.models import layers
+
+    b = config.data.batch_size
+    models = build_models(config)
+    v = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.PRNGKey(0))
+    m, d = config.model, config.data
+    key = jax.random.PRNGKey(1)
+    z = jax.random.normal(key, (b, m.z_dim))
+    y = jnp.zeros((b,), jnp.int32)
+    x_d = jax.random.uniform(key, (b, d.resolution_d, d.resolution_d, d.channels), minval=-1)
+    pieces: dict[str, Callable[[], Any]] = {
+        "G_forward": jax.jit(lambda: models["G"].apply(v["G"], z, y, train=True,
+                                                        mutable=["batch_stats", "spectral"])),
+        "D_forward": jax.jit(lambda: models["D"].apply(
+            v["D"], x_d, z if m.discriminator.kind == "bigbigan" else y, train=True,
+            mutable=["spectral"])),
+    }
+    if "E" in models:
+        x_e = jax.random.uniform(key, (b, d.resolution_e, d.resolution_e, d.channels), minval=-1)
+        pieces["E_forward"] = jax.jit(lambda: models["E"].apply(
+            v["E"], x_e, train=True, noise=z, mutable=["batch_stats"]))
+    fns = make_step_functions(config)
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    real = {k: val[0] for k, val in next(loop.step_batches(
+        config, sharding.make_mesh(jax.devices()[:1]), 0)).items()}
+    noise = fns.draw(key, b)
+    d_update, ge_update = jax.jit(fns.d_update), jax.jit(fns.ge_update)
+    pieces["D_update"] = lambda: d_update(state, real, noise)[1]
+    pieces["GE_update"] = lambda: ge_update(state, real, noise)[1]
+    kernels = [x for p, x in jax.tree_util.tree_flatten_with_path(v["D"]["params"])[0]
+               if getattr(p[-1], "key", None) == "kernel"]
+    us = [jnp.ones((k.shape[-1],)) / np.sqrt(k.shape[-1]) for k in kernels]
+    pieces["D_spectral_norm_iterations"] = jax.jit(lambda: [
+        layers.spectral_normalize(k, u, n_iterations=1, eps=1e-4)[1] for k, u in zip(
+            kernels, us, strict=True)])
+    attn = layers.SelfAttention(dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+    r = max(d.resolution_d // 2, 8)
+    ch = m.generator.ch * 2
+    h = jax.random.normal(key, (b, r, r, ch))
+    a_vars = attn.init(key, h[:1], train=False)
+    pieces[f"self_attention_{r}x{r}x{ch}"] = jax.jit(lambda: attn.apply(a_vars, h, train=True,
+                                                                         mutable=["spectral"]))
+    rows = []
+    for name, fn in pieces.items():
+        first, times = time_fn(fn, steps)
+        rows.append({"what": name, "batch": b, "first_call_s": first, **summary(times)})
+    return rows
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if _BATCH.value:
+        config.data.batch_size = _BATCH.value
+    if _DTYPE.value:
+        config.model.dtype = _DTYPE.value
+    config.data.dataset = "synthetic"  # the harness never reads files or imports TensorFlow
+    if _STEPS.value < 0 or (_PIECES.value and _STEPS.value == 0):
+        raise app.UsageError("--steps must be >= 0, and >= 1 with --pieces (pieces are timed).")
+    rows = [benchmark_step(config, _STEPS.value)]
+    if _PIECES.value:
+        rows += benchmark_pieces(config, _STEPS.value)
+    for row in rows:
+        cells = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in row.items())
+        print(cells)
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

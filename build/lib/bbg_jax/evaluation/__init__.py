@@ -1,0 +1,15 @@
+"""Evaluation: FID Inception port, FID/IS, linear probe, image sheets, evaluator contract.
+
+Modules (import them directly; this file imports nothing, so TensorFlow and the Inception
+weights load only when used):
+  inception            the FID Inception-v3 package: the Flax port (``network``), its TorchScript
+                       weight reader, the IS logits-head converter, ``benchmark`` (images/s)
+                       and ``fid_sanity`` (FID on Fashion-MNIST)
+  metrics              Fréchet distance, Inception Score, streaming feature statistics
+  probe                frozen-E features and the linear probe
+  generation           sampling G: EMA/raw weights, batch/standing BN statistics
+  png, sheets          a numpy+zlib PNG writer; sample/reconstruction/interpolation sheets
+  config               the ``eval`` config section
+  evaluators           ``run(state) -> (metrics, images)`` evaluators and their builder
+  standalone           evaluate a checkpoint, write report.json and PNGs, track the best probe
+"""

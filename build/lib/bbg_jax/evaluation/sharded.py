@@ -1,0 +1,87 @@
+"""Evaluation computations over every process's devices.
+
+Each evaluation function is jitted once with its parameters as *arguments* (closure constants
+would be baked into the compiled program and, on several hosts, a closed-over global array
+fails). Every process calls it with the same host batch (the whole batch, read identically on
+every process); the rows are split over the mesh's ``data`` axis, so each process computes its
+own devices' rows, and the result comes back replicated: every process gets the whole answer
+as numpy, in the batch's order. A 2-process run therefore sees exactly what a 1-process run sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from bbg_jax import sharding
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every leaf as an array replicated over ``mesh`` (a no-op for the train state's leaves)."""
+    rep = sharding.replicated(mesh)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and x.sharding == rep:
+            return x
+        host = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+        return jax.make_array_from_callback(host.shape, rep, lambda index: host[index])
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+class ShardedFn:
+    """``fn(args, batch)`` jitted over the mesh: rows of ``batch`` split, result replicated."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any], mesh: jax.sharding.Mesh | None = None,
+                 rows_independent: bool = True, per_row_output: bool = True):
+        """``rows_independent``: each row's result ignores the other rows, so a ragged batch
+        may be padded. Otherwise (batch norm over the batch) a batch that does not divide over
+        the devices is given whole to every device: slower, but the same numbers.
+        ``per_row_output``: outputs have the batch's leading axis (trimmed back to the batch);
+        otherwise they are whole-batch results (moments) and returned as they are."""
+        self.mesh = sharding.make_mesh() if mesh is None else mesh
+        self.rows_independent = rows_independent
+        self.per_row_output = per_row_output
+        self._fn = jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
+        me = jax.process_index()
+        # This process's positions along the data axis (contiguous: devices are in process order).
+        self._positions = [i for i, d in enumerate(self.mesh.devices.flat)
+                           if d.process_index == me]
+
+    def __call__(self, args: Any, batch: Any) -> Any:
+        """``args``: replicated arrays (see ``replicate``); ``batch``: host arrays whose leading
+        axis is the batch, identical on every process. Returns numpy, trimmed to the batch."""
+        leaves = jax.tree_util.tree_leaves(batch)
+        b, n = leaves[0].shape[0], self.mesh.devices.size
+        if b % n and not self.rows_independent:
+            return self._unwrap(self._fn(args, replicate(batch, self.mesh)), b)
+        padded = -(-b // n) * n
+        per_device = padded // n
+        rows = np.concatenate([np.arange(p * per_device, (p + 1) * per_device)
+                               for p in self._positions])
+
+        def local(x):
+            x = np.asarray(x)
+            if padded != b:  # pad with zeros: every row's result is independent of the others
+                x = np.concatenate([x, np.zeros((padded - b, *x.shape[1:]), x.dtype)])
+            return x[rows]
+
+        out = self._fn(args, sharding.global_batch_from_local(
+            jax.tree_util.tree_map(local, batch), self.mesh))
+        return self._unwrap(out, b)
+
+    def _unwrap(self, out: Any, b: int) -> Any:
+        end = b if self.per_row_output else None
+        return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[:end], out)
+
+
+def one_answer(value: bool) -> bool:
+    """Process 0's ``value`` on every process, so that all take the same (collective) branch."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))

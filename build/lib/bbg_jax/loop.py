@@ -1,0 +1,306 @@
+"""The training loop: restore or initialise, step, log, checkpoint, handle preemption and NaNs.
+
+Sections, in the order they run: (1) set-up and config checks, (2) state: resume precedence
+(``bbg_jax.checkpoint``), (3) data positioned at the restored step, (4) the loop.
+
+Host synchronisation: each step's metrics are fetched one step late (after the next step is
+dispatched), so the device never waits for the host; the fetched metrics feed the non-finite
+check and the logs. A checkpoint is written only after its step's metrics were checked finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from bbg_jax import checkpoint, config_checks, console, paths, progress, sharding, summaries
+from bbg_jax.data.global_batch import per_process_batch_size
+from bbg_jax.evaluation import evaluators as evaluators_lib
+from bbg_jax.evaluation import standalone
+from bbg_jax.train import jit_train_step
+from bbg_jax.train_state import TrainState, create_train_state, make_optimizers
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """Injection points for tests and tools; the defaults change nothing.
+
+    batch(step, batch) -> batch: the batch the given step trains on (e.g. poisoned with NaN).
+    after_step(step, stop_requested): runs after each step, its checkpoint and evaluation;
+      ``stop_requested()`` tells whether a SIGTERM (or, with several processes, the preemption
+      sync point) has asked the run to stop, so a hook can hold the run at a step until then.
+    """
+
+    batch: Callable[[int, dict[str, Any]], dict[str, Any]] = lambda step, batch: batch
+    after_step: Callable[[int, Callable[[], bool]], None] = lambda step, stop_requested: None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training metric became NaN or infinite."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Model, data, training and eval sections are valid and agree: ``config_checks.check``
+    (``bbg_jax.main`` runs it, and the workdir and device checks, before calling the loop)."""
+    config_checks.check(config, "train")
+
+
+def local_batches(config: ml_collections.ConfigDict, start_batch: int
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches from data batch ``start_batch`` on (synthetic or TFDS)."""
+    d = config.data
+    if d.dataset == "synthetic":
+        from bbg_jax.data.synthetic import synthetic_batches
+
+        yield from synthetic_batches(d, start_step=start_batch,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     num_classes=config.model.generator.num_classes)
+        return
+    # TensorFlow is imported here only, for a real dataset.
+    import tensorflow_datasets as tfds
+
+    from bbg_jax.data.pipeline import train_dataset
+
+    yield from tfds.as_numpy(train_dataset(d, start_step=start_batch))
+
+
+def step_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int
+                 ) -> Iterator[dict[str, jax.Array]]:
+    """Global batches for train steps from ``start_step``: n_d_steps data batches stacked.
+
+    The data position is a pure function of the step (data batch = step x n_d_steps), so a
+    resumed run reads exactly what the uninterrupted run would have.
+    """
+    n_d = config.train.n_d_steps
+    source = local_batches(config, start_step * n_d)
+    keys = ("image_d", "image_e", "label")
+    while True:
+        parts = [next(source) for _ in range(n_d)]
+        stacked = {k: np.stack([p[k] for p in parts]) for k in keys if k in parts[0]}
+        yield sharding.global_batch_from_local(stacked, mesh, batch_axis=1)
+
+
+def _replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    rep = sharding.replicated(mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
+
+
+def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  manager) -> tuple[TrainState, str]:
+    """Resume precedence: workdir checkpoint, then ``train.init_from``, then fresh."""
+    rep = sharding.replicated(mesh)
+    rng = jax.random.PRNGKey(config.train.seed)
+    abstract = _replicated_abstract(
+        jax.eval_shape(lambda: create_train_state(config, rng)), mesh)
+    restored = checkpoint.restore_latest(manager, abstract, config)
+    if restored is not None:
+        state, position = restored
+        expected = int(state.step) * config.train.n_d_steps
+        if position.get("data_batch") != expected:
+            raise checkpoint.CheckpointMismatchError(
+                f"Checkpoint data position {position} does not match step {int(state.step)}.")
+        return state, f"resumed from step {int(state.step)}"
+    state = jax.jit(lambda k: create_train_state(config, k), out_shardings=rep)(rng)
+    if config.train.init_from:
+        loaded = checkpoint.load_parameters(config.train.init_from, abstract)
+        txs = make_optimizers(config, sorted(loaded.params))
+        opt_state = jax.jit(lambda p: {k: txs[k].init(p[k]) for k in p}, out_shardings=rep)(
+            loaded.params)
+        state = state.replace(params=loaded.params, model_state=loaded.model_state,
+                              ema_params=loaded.ema_params, opt_state=opt_state)
+        return state, f"initialised from {config.train.init_from}"
+    return state, "fresh initialisation"
+
+
+class _Preemption:
+    """SIGTERM -> one step at which every process checkpoints and stops.
+
+    One process: a Python SIGTERM handler sets a flag. Several: the preemption sync manager
+    that ``jax.distributed.initialize`` installs catches SIGTERM on any process and tells the
+    others through the coordination service; ``reached_preemption_sync_point(step)``, called at
+    every step by every process, is True on all of them at the same step (one past the latest
+    step any of them had reported), so all save that step and stop. A Python handler would
+    replace the manager's, so none is installed then.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._multi = jax.process_count() > 1
+        if not self._multi:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Call once per step, in step order, on every process."""
+        if self._multi:
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self):
+        if not self._multi:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def use_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """JAX's persistent compilation cache in ``train.compilation_cache_dir`` (``WORKDIR/...``
+    means under the workdir; any epath location, gs:// included; empty = off), so a restarted
+    job loads its compiled steps instead of compiling them again."""
+    where = config.train.get("compilation_cache_dir", "")
+    if not where:
+        return
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        # JAX keys CPU executables per process and only process 0 writes entries, so the other
+        # processes would compile while process 0 loads, and the first collective would time out
+        # waiting for them (gloo: 30 s). JAX strips the device assignment from GPU keys for this
+        # reason; multi-host TPU is the cache's documented use.
+        log.warning("Persistent compilation cache off: multi-process CPU run.")
+        return
+    if where.startswith("WORKDIR/"):
+        where = str(paths.path(workdir) / where[len("WORKDIR/"):])
+    jax.config.update("jax_compilation_cache_dir", where)
+    # The default skips programs that compile in under a second; cache every train/eval step.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | None) -> None:
+    bad = {name: value for name, value in sorted(metrics.items())
+           if not np.all(np.isfinite(value))}
+    if bad:
+        listed = ", ".join(f"{name}={value}" for name, value in bad.items())
+        raise NonFiniteLossError(
+            f"Non-finite {listed} at step {step}: training stopped. The last good checkpoint is "
+            f"step {last_checkpoint}; lower the learning rates or check the data before resuming."
+        )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: Hooks = Hooks()) -> TrainState:
+    """Trains ``config`` in ``workdir`` until ``train.num_steps``; returns the final state."""
+    # (1) Set-up.
+    check_config(config)
+    t = config.train
+    workdir_path = paths.path(workdir)
+    workdir_path.mkdir(parents=True, exist_ok=True)
+    use_compilation_cache(config, workdir)
+    mesh = sharding.make_mesh()
+    sharding.check_batch_divisible(config.data.batch_size, mesh)
+    per_process_batch_size(config.data.batch_size)
+    lead = jax.process_index() == 0  # the only process that writes files
+
+    # (2) State. Nothing is written to the workdir before its checkpoints are known to fit.
+    manager = checkpoint.make_manager(workdir_path, config)
+    state, how = initial_state(config, mesh, manager)
+    writer = summaries.create_writer(workdir, just_logging=not lead)
+    if lead:
+        paths.write_atomic(workdir_path / "config.json", config.to_json_best_effort(indent=2))
+    start = int(jax.device_get(state.step))
+    if lead:
+        console.say(f"train: {how}; {mesh.devices.size} devices, global batch "
+                    f"{config.data.batch_size}, {t.num_steps} steps")
+    last_checkpoint = manager.latest_step()
+    metrics_log = summaries.MetricsLog(workdir, start) if lead else None
+
+    # (3) Data and evaluators: every process evaluates its devices' part; process 0 writes.
+    batches = step_batches(config, mesh, start)
+    evals = [e for e in evaluators_lib.build_evaluators(config, workdir)
+             if evaluators_lib.every_steps(config, e.name)]
+
+    # (4) Loop.
+    train_step = jit_train_step(config, mesh)
+    bar = progress.Progress(t.num_steps, start, writer) if lead else None
+    preemption = _Preemption()
+    pending: tuple[int, dict] | None = None
+
+    def settle(pending):
+        """Fetches, checks and logs a finished step's metrics."""
+        step, metrics = pending
+        metrics = jax.device_get(metrics)
+        _check_finite(step, metrics, last_checkpoint)
+        if step % t.log_every == 0 or step == t.num_steps:
+            scalars = {k: float(v) for k, v in metrics.items()}
+            writer.write_scalars(step, scalars)
+            if metrics_log:
+                metrics_log.append(step, scalars)
+            if bar:
+                bar.log(step, scalars)
+
+    def flush_logs():
+        writer.flush()
+        if metrics_log:
+            metrics_log.flush()
+
+    def save(state):
+        nonlocal last_checkpoint
+        step = int(jax.device_get(state.step))
+        checkpoint.save(manager, state, config, {"data_batch": step * t.n_d_steps})
+        last_checkpoint = step
+        flush_logs()  # the logs up to a checkpoint survive a kill
+
+    def evaluate(state, step, due):
+        manager.wait_until_finished()  # an async save must be complete: the best probe copies it
+        began = time.monotonic()
+        metrics, images = standalone.run_and_write(config, str(workdir_path), step, due, state)
+        if bar:
+            bar.message(progress.evaluation_summary(step, metrics, time.monotonic() - began))
+        writer.write_scalars(step, metrics)
+        writer.write_images(step, {k: v[None] for k, v in images.items()})
+
+    run_began = time.monotonic()
+    try:
+        for step in range(start + 1, t.num_steps + 1):
+            batch = hooks.batch(step, next(batches))
+            state, metrics = train_step(state, batch)
+            if pending is not None:
+                settle(pending)
+            pending = (step, metrics)
+            if bar:
+                bar.update(step)
+            preempted = preemption.reached(step)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
+                settle(pending)
+                pending = None
+                save(state)
+                due = [] if preempted else evaluators_lib.due(evals, config, step, t.num_steps)
+                if due:
+                    evaluate(state, step, due)
+            hooks.after_step(step, lambda: preemption.requested)
+            if preemption.requested and not preempted:  # SIGTERM during the step's tail
+                preempted = True
+                if last_checkpoint != step:
+                    settle(pending)
+                    pending = None
+                    save(state)
+            if preempted:
+                manager.wait_until_finished()
+                log.warning("SIGTERM: checkpointed step %d and stopped.", step)
+                break
+        if pending is not None:
+            settle(pending)
+    finally:
+        if bar:
+            bar.close()
+        preemption.restore()
+        flush_logs()
+        manager.close()  # waits for an async save to finish
+    done = int(jax.device_get(state.step))
+    if lead and done == t.num_steps and done > start:
+        console.say(f"train: reached step {done} in {(time.monotonic() - run_began) / 60:.1f} "
+                    "min")
+    return state

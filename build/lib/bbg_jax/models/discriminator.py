@@ -1,0 +1,244 @@
+"""Discriminators: BigGAN's D trunk F, BigBiGAN's joint D(x, z), and plain/projection GAN heads.
+
+* ``DTrunk`` (F) -- the BigGAN discriminator without its output layer: residual down-blocks,
+  self-attention, ReLU and a global *sum* pool (BigGAN-deep: mean pool, as compare_gan).
+* ``BigBiGANDiscriminator`` -- F on x, the residual MLP H on z, the residual MLP J on
+  concat[F(x), H(z)], and three linear heads: ``{"score_x", "score_z", "score_xz"}``, each (N,).
+* ``GANDiscriminator`` -- F and one linear head on x; with ``num_classes > 0`` it adds the
+  projection term ⟨embed(y), F(x)⟩ of Miyato & Koyama (class-conditional BigGAN). At 128 px,
+  ch=96, 1000 classes it has exactly compare_gan's 87,982,370 parameters.
+
+Every weight is spectrally normalised. Deviations from compare_gan, with reasons:
+
+* The first block does not apply ReLU to the raw image (BigGAN-PyTorch and the paper's
+  pre-activation blocks skip it on the input layer).
+* A block with equal in/out channels and no downsampling keeps an identity skip (compare_gan drops
+  the residual path entirely there; BigGAN-PyTorch keeps it). Parameter counts are unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bbg_jax.models import layers
+
+Array = jax.Array
+
+BIGGAN_D_CHANNELS = {
+    32: (2, 2, 2, 2),
+    64: (2, 4, 8, 16, 16),
+    128: (1, 2, 4, 8, 16, 16),
+    256: (1, 2, 4, 8, 8, 16, 16),
+    512: (1, 1, 2, 4, 8, 8, 16, 16),
+}
+BIGGAN_DEEP_D_CHANNELS = {
+    32: 8 * (2,),
+    64: (2, 4, 4) + 2 * (8,) + 4 * (16,),
+    128: (1, 2, 2, 4, 4) + 2 * (8,) + 4 * (16,),
+    256: (1, 2, 2, 4, 4) + 4 * (8,) + 4 * (16,),
+    512: (1, 1, 1, 2, 2, 4, 4) + 4 * (8,) + 4 * (16,),
+}
+# Resolutions (of the block output) followed by self-attention; see generator.DEFAULT_ATTENTION.
+DEFAULT_ATTENTION = {32: (), 64: (32,), 128: (64,), 256: (64,), 512: (64,)}
+
+
+def downsample(x: Array) -> Array:
+    """2×2 average pooling (NHWC)."""
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DBlock(nn.Module):
+    """BigGAN D block: [ReLU]→conv3→ReLU→conv3→[avgpool]; shortcut conv1 (+pool) when needed."""
+
+    out_channels: int
+    down: bool
+    preactivation: bool
+    sn_eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        conv = lambda k, name: layers.SNConv(  # noqa: E731
+            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+        h = nn.relu(x) if self.preactivation else x
+        h = conv(3, "conv1")(h, train)
+        h = conv(3, "conv2")(nn.relu(h), train)
+        if self.down:
+            h = downsample(h)
+        # Shortcut: a 1x1 conv where the channel count changes. On the raw image (first block)
+        # pool before the conv, elsewhere after it (BigGAN-PyTorch's order; same linear map).
+        learnable = x.shape[-1] != self.out_channels
+        skip = x
+        if self.down and not self.preactivation:
+            skip = downsample(skip)
+        if learnable:
+            skip = conv(1, "conv_shortcut")(skip, train)
+        if self.down and self.preactivation:
+            skip = downsample(skip)
+        return h + skip
+
+
+class DDeepBlock(nn.Module):
+    """BigGAN-deep D block: bottleneck with pre-activations; identity skip, extra channels by a
+    1×1 conv concatenated to it."""
+
+    out_channels: int
+    down: bool
+    sn_eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        in_channels = x.shape[-1]
+        if in_channels > self.out_channels:
+            raise ValueError("A BigGAN-deep D block cannot decrease the channel count.")
+        mid = max(in_channels, self.out_channels) // 4
+        conv = lambda f, k, name: layers.SNConv(  # noqa: E731
+            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+        h = conv(mid, 1, "conv1")(nn.relu(x), train)
+        h = conv(mid, 3, "conv2")(nn.relu(h), train)
+        h = conv(mid, 3, "conv3")(nn.relu(h), train)
+        h = nn.relu(h)
+        if self.down:
+            h = downsample(h)
+        h = conv(self.out_channels, 1, "conv4")(h, train)
+        skip = downsample(x) if self.down else x
+        if in_channels < self.out_channels:
+            extra = conv(self.out_channels - in_channels, 1, "conv_shortcut")(skip, train)
+            skip = jnp.concatenate([skip, extra], axis=-1)
+        return h + skip
+
+
+class DTrunk(nn.Module):
+    """F: the BigGAN discriminator trunk. Returns the pooled feature, (N, 16·ch) float32."""
+
+    resolution: int = 128
+    ch: int = 96
+    deep: bool = False
+    attention_resolutions: tuple[int, ...] | None = None
+    sn_eps: float = 1e-4
+    dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        plans = BIGGAN_DEEP_D_CHANNELS if self.deep else BIGGAN_D_CHANNELS
+        if self.resolution not in plans:
+            raise ValueError(
+                f"Unsupported discriminator resolution {self.resolution}; "
+                f"choose one of {sorted(plans)}."
+            )
+        if x.ndim != 4 or x.shape[1] != self.resolution or x.shape[2] != self.resolution:
+            raise ValueError(
+                f"D expects images of shape (N, {self.resolution}, {self.resolution}, C), got "
+                f"{x.shape}: resize the input or set the discriminator's resolution to match."
+            )
+        attention = (DEFAULT_ATTENTION[self.resolution] if self.attention_resolutions is None
+                     else tuple(self.attention_resolutions))
+        mult = plans[self.resolution]
+        h = x.astype(self.dtype)
+        size = self.resolution
+        if self.deep:
+            ins = [self.ch * m for m in mult[:-1]]
+            outs = [self.ch * m for m in mult[1:]]
+            h = layers.SNConv(ins[0], kernel_size=3, sn_eps=self.sn_eps, dtype=self.dtype,
+                              name="conv_in")(h, train)
+            for i, c in enumerate(outs):
+                down = i % 2 == 0
+                block = layers.maybe_remat(DDeepBlock, self.remat, 2)
+                h = block(c, down, self.sn_eps, self.dtype, name=f"block_{i}")(h, train)
+                size //= 2 if down else 1
+                if not down and size in attention:
+                    h = layers.SelfAttention(
+                        sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                        name=f"attention_{size}")(h, train)
+            return jnp.mean(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+        outs = [self.ch * m for m in mult]
+        for i, c in enumerate(outs):
+            down = i < len(outs) - 1  # the last block keeps its resolution
+            block = layers.maybe_remat(DBlock, self.remat, 2)
+            h = block(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,
+                      name=f"block_{i}")(h, train)
+            size //= 2 if down else 1
+            if down and size in attention:
+                h = layers.SelfAttention(
+                    sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                    name=f"attention_{size}")(h, train)
+        return jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+
+
+class GANDiscriminator(nn.Module):
+    """BigGAN's discriminator on x alone; class-conditional by projection when num_classes > 0.
+
+    Returns ``{"score_x": (N,)}`` so that the losses treat BigGAN as BigBiGAN with only the
+    x-unary term.
+    """
+
+    resolution: int = 128
+    ch: int = 96
+    deep: bool = False
+    attention_resolutions: tuple[int, ...] | None = None
+    num_classes: int = 0
+    sn_eps: float = 1e-4
+    dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    @nn.compact
+    def __call__(self, x: Array, label: Array | None = None, train: bool = True
+                 ) -> dict[str, Array]:
+        feat = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
+                      self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
+        score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x")(feat, train)[:, 0]
+        if self.num_classes > 0:
+            if label is None:
+                raise ValueError("A projection discriminator (num_classes > 0) needs labels.")
+            # The projection embedding is a spectrally normalised (classes × features) matrix.
+            table = self.param("embed", nn.initializers.glorot_normal(),
+                               (self.num_classes, feat.shape[-1]), jnp.float32)
+            table = layers.SpectralNormParam(eps=self.sn_eps, name="embed_sn")(table, train)
+            score = score + jnp.sum(table[label] * feat, axis=-1)
+        return {"score_x": score.astype(jnp.float32)}
+
+
+class BigBiGANDiscriminator(nn.Module):
+    """The joint discriminator D(x, z) of BigBiGAN with scores s_x, s_z and s_xz.
+
+    F: the BigGAN trunk on x; H: a residual MLP on z; J: a residual MLP on concat[F(x), H(z)]. Each
+    score is a linear (spectrally normalised) head. Depth and width of H and J are [open] in the
+    paper (default 8 × 2048).
+    """
+
+    resolution: int = 128
+    ch: int = 96
+    deep: bool = False
+    attention_resolutions: tuple[int, ...] | None = None
+    mlp_depth: int = 8
+    mlp_width: int = 2048
+    sn_eps: float = 1e-4
+    dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+    @nn.compact
+    def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
+        if x.shape[0] != z.shape[0]:
+            raise ValueError(f"x and z batch sizes differ: {x.shape[0]} vs {z.shape[0]}.")
+        mlp = lambda name: layers.ResidualMLP(  # noqa: E731
+            self.mlp_depth, self.mlp_width, spectral_norm=True, sn_eps=self.sn_eps,
+            dtype=self.dtype, name=name)
+        head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name)  # noqa: E731
+        fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
+                    self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
+        hz = mlp("H")(z.astype(jnp.float32), train)
+        jxz = mlp("J")(jnp.concatenate([fx.astype(self.dtype), hz], axis=-1), train)
+        return {
+            "score_x": head("head_x")(fx, train)[:, 0].astype(jnp.float32),
+            "score_z": head("head_z")(hz, train)[:, 0].astype(jnp.float32),
+            "score_xz": head("head_xz")(jxz, train)[:, 0].astype(jnp.float32),
+        }

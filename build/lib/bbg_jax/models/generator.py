@@ -1,0 +1,241 @@
+"""BigGAN and BigGAN-deep generators (Brock et al., 2018), with BigBiGAN's single-label mode.
+
+Channel plans and attention positions follow the published architecture tables (BigGAN appendix B)
+as encoded in compare_gan; at 128 px with ch=96 and a 1000-class embedding this generator has
+exactly compare_gan's 70,433,988 parameters.
+
+Conditioning modes (``conditioning``):
+
+* ``"single"`` -- BigBiGAN / unconditional: one learned ``embed_dim``-vector shared by all samples
+  (a class embedding with a single constant label).
+* ``"class"``  -- class-conditional BigGAN: a ``num_classes × embed_dim`` embedding table.
+* ``"none"``   -- no embedding; each block is conditioned on its z chunk alone.
+
+Deviations from compare_gan, each for a stated reason:
+
+* The final image is tanh in [-1, 1] (compare_gan rescales to [0, 1]); the data pipeline works in
+  [-1, 1] as the paper does.
+* The conditional BN gains/biases are zero-initialised and not spectrally normalised (see
+  ``layers.ConditionalBatchNorm``), so CBN equals BN at initialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bbg_jax.models import layers
+
+Array = jax.Array
+
+# Channel multipliers of ch per stage (block inputs are [:-1], outputs [1:]), per resolution.
+BIGGAN_G_CHANNELS = {
+    32: (4, 4, 4, 4),
+    64: (16, 16, 8, 4, 2),
+    128: (16, 16, 8, 4, 2, 1),
+    256: (16, 16, 8, 8, 4, 2, 1),
+    512: (16, 16, 8, 8, 4, 2, 1, 1),
+}
+BIGGAN_DEEP_G_CHANNELS = {
+    32: 8 * (4,),
+    64: 4 * (16,) + 2 * (8,) + (4, 4, 2),
+    128: 4 * (16,) + 2 * (8,) + (4, 4, 2, 2, 1),
+    256: 4 * (16,) + 4 * (8,) + (4, 4, 2, 2, 1),
+    512: 4 * (16,) + 4 * (8,) + (4, 4, 2, 2, 1, 1, 1),
+}
+# Resolutions (of the block output) followed by self-attention. 128/256/512 are the paper's;
+# 64 follows BigGAN-PyTorch's ImageNet-64 scripts; 32 has none (BigGAN-PyTorch's CIFAR setting).
+DEFAULT_ATTENTION = {32: (), 64: (32,), 128: (64,), 256: (128,), 512: (64,)}
+# z sizes for which hierarchical chunks are equal (z = 20 × (blocks + 1) for 128..512).
+DEFAULT_Z_DIM = {32: 120, 64: 120, 128: 120, 256: 140, 512: 160}
+
+
+def upsample(x: Array) -> Array:
+    """2× nearest-neighbour upsampling (NHWC)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class GBlock(nn.Module):
+    """BigGAN up-block: CBN→ReLU→up→conv3→CBN→ReLU→conv3, shortcut up→conv1."""
+
+    out_channels: int
+    bn_eps: float
+    bn_momentum: float
+    sn_eps: float
+    dtype: Any
+    bn_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, cond: Array, train: bool) -> Array:
+        cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
+        conv = lambda k, name: layers.SNConv(  # noqa: E731
+            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+        h = nn.relu(cbn("bn1")(x, cond, train))
+        h = conv(3, "conv1")(upsample(h), train)
+        h = nn.relu(cbn("bn2")(h, cond, train))
+        h = conv(3, "conv2")(h, train)
+        return h + conv(1, "conv_shortcut")(upsample(x), train)
+
+
+class GDeepBlock(nn.Module):
+    """BigGAN-deep block: bottleneck (1×1, 3×3, 3×3, 1×1), each preceded by CBN→ReLU.
+
+    The skip connection keeps identity: it drops surplus channels and upsamples when needed.
+    """
+
+    out_channels: int
+    upsample: bool
+    bn_eps: float
+    bn_momentum: float
+    sn_eps: float
+    dtype: Any
+    bn_groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, cond: Array, train: bool) -> Array:
+        in_channels = x.shape[-1]
+        if in_channels < self.out_channels:
+            raise ValueError("A BigGAN-deep G block cannot increase the channel count.")
+        mid = max(in_channels, self.out_channels) // 4
+        cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
+        conv = lambda f, k, name: layers.SNConv(  # noqa: E731
+            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+        h = conv(mid, 1, "conv1")(nn.relu(cbn("bn1")(x, cond, train)), train)
+        h = nn.relu(cbn("bn2")(h, cond, train))
+        if self.upsample:
+            h = upsample(h)
+        h = conv(mid, 3, "conv2")(h, train)
+        h = conv(mid, 3, "conv3")(nn.relu(cbn("bn3")(h, cond, train)), train)
+        h = conv(self.out_channels, 1, "conv4")(nn.relu(cbn("bn4")(h, cond, train)), train)
+        skip = x[..., : self.out_channels]
+        if self.upsample:
+            skip = upsample(skip)
+        return h + skip
+
+
+class Generator(nn.Module):
+    """BigGAN generator G(z, label) → image in [-1, 1].
+
+    Args (fields):
+      resolution: output size, one of 32, 64, 128, 256, 512.
+      ch: channel multiplier (96 for BigGAN, 128 for BigGAN-deep).
+      z_dim: latent size; with ``hierarchical_z`` it must split into (blocks + 1) equal chunks.
+      conditioning: "single" (BigBiGAN), "class" (BigGAN) or "none".
+      num_classes: size of the class embedding table when conditioning == "class".
+      embed_dim: size of the label embedding (128 in BigGAN).
+      hierarchical_z: split z into chunks: chunk 0 feeds the first linear layer, chunk i the
+        i-th block's conditional BN (with the embedding). BigGAN-deep ignores it (z unchunked).
+      attention_resolutions: output resolutions of the blocks followed by self-attention
+        (None = the published positions for this resolution).
+      deep: BigGAN-deep architecture.
+      out_channels: image channels (3, or 1 for grayscale data).
+    """
+
+    resolution: int = 128
+    ch: int = 96
+    z_dim: int = 120
+    conditioning: str = "single"
+    num_classes: int = 1000
+    embed_dim: int = 128
+    hierarchical_z: bool = True
+    attention_resolutions: tuple[int, ...] | None = None
+    deep: bool = False
+    out_channels: int = 3
+    bn_eps: float = 1e-4
+    bn_momentum: float = 0.99
+    sn_eps: float = 1e-4
+    dtype: Any = jnp.float32
+    attention_impl: str = "dot_product"
+    remat: bool = False  # recompute each block's activations in the backward pass
+    bn_groups: int = 1  # grouped batch norm (1 = over the whole global batch)
+
+    def channel_plan(self) -> tuple[list[int], list[int]]:
+        plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
+        if self.resolution not in plans:
+            raise ValueError(
+                f"Unsupported generator resolution {self.resolution}; "
+                f"choose one of {sorted(plans)}."
+            )
+        mult = plans[self.resolution]
+        return [self.ch * m for m in mult[:-1]], [self.ch * m for m in mult[1:]]
+
+    def _embedding(self, label: Array | None, batch: int) -> Array | None:
+        if self.conditioning == "single":
+            e = self.param("embed", nn.initializers.normal(1.0), (self.embed_dim,), jnp.float32)
+            return jnp.broadcast_to(e, (batch, self.embed_dim))
+        if self.conditioning == "class":
+            if label is None:
+                raise ValueError("conditioning='class' needs integer labels: G(z, label).")
+            table = nn.Embed(self.num_classes, self.embed_dim,
+                             embedding_init=nn.initializers.orthogonal(), name="embed")
+            return table(label)
+        if self.conditioning == "none":
+            return None
+        raise ValueError(
+            f"Unknown conditioning {self.conditioning!r}; use 'single', 'class' or 'none'."
+        )
+
+    @nn.compact
+    def __call__(self, z: Array, label: Array | None = None, train: bool = True) -> Array:
+        if z.ndim != 2 or z.shape[-1] != self.z_dim:
+            raise ValueError(f"Expected z of shape (batch, {self.z_dim}), got {z.shape}.")
+        ins, outs = self.channel_plan()
+        attention = (DEFAULT_ATTENTION[self.resolution] if self.attention_resolutions is None
+                     else tuple(self.attention_resolutions))
+        n = z.shape[0]
+        z = z.astype(jnp.float32)
+        e = self._embedding(label, n)
+        cat = lambda *t: jnp.concatenate([a for a in t if a is not None], axis=-1)  # noqa: E731
+
+        if self.deep:
+            z0 = cat(z, e)
+            conds = [z0] * len(ins)
+        elif self.hierarchical_z:
+            n_chunks = len(ins) + 1
+            if self.z_dim % n_chunks:
+                raise ValueError(
+                    f"hierarchical_z splits z into {n_chunks} equal chunks at "
+                    f"{self.resolution} px, but z_dim={self.z_dim} is not divisible by "
+                    f"{n_chunks}; use z_dim={DEFAULT_Z_DIM[self.resolution]} or a multiple "
+                    f"of {n_chunks}, or set hierarchical_z=False."
+                )
+            chunks = jnp.split(z, n_chunks, axis=-1)
+            z0, conds = chunks[0], [cat(c, e) for c in chunks[1:]]
+        else:
+            z0, conds = z, [cat(z, e)] * len(ins)
+
+        h = layers.SNDense(4 * 4 * ins[0], sn_eps=self.sn_eps, dtype=self.dtype,
+                           name="linear")(z0, train)
+        h = h.reshape(n, 4, 4, ins[0])
+        size = 4
+        for i, (c_out, cond) in enumerate(zip(outs, conds, strict=True)):
+            if self.deep:
+                up = i % 2 == 1
+                block = layers.maybe_remat(GDeepBlock, self.remat, 3)(
+                    c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+                    bn_groups=self.bn_groups, name=f"block_{i}")
+            else:
+                up = True
+                block = layers.maybe_remat(GBlock, self.remat, 3)(
+                    c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
+                    bn_groups=self.bn_groups, name=f"block_{i}")
+            h = block(h, cond, train)
+            size *= 2 if up else 1
+            # Attention follows the (up-)block that reaches an attention resolution.
+            if size in attention and up:
+                h = layers.SelfAttention(
+                    sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
+                    name=f"attention_{size}")(h, train)
+        if size != self.resolution:
+            raise AssertionError(f"channel plan reached {size}, not {self.resolution}")
+        h = layers.BatchNorm(momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
+                             dtype=self.dtype,
+                             name="bn_out")(h, train)
+        h = layers.SNConv(self.out_channels, kernel_size=3, sn_eps=self.sn_eps, dtype=self.dtype,
+                          name="conv_out")(nn.relu(h), train)
+        return jnp.tanh(h.astype(jnp.float32))

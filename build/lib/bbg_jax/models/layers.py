@@ -1,0 +1,361 @@
+"""Building blocks shared by G, E and D.
+
+Variable collections (see DESIGN.md, "Explicit state collections"):
+
+* ``params``      -- trainable weights, always float32.
+* ``batch_stats`` -- running means/variances of batch norm, float32.
+* ``spectral``    -- power-iteration vectors ``u`` of spectral normalisation, float32.
+
+Every stateful layer takes ``train``: with ``train=True`` batch norm normalises with the batch's
+statistics and spectral norm runs one power iteration; with ``train=False`` batch norm uses its
+running averages and spectral norm runs none. Whether the new state is *stored* is decided by the
+caller alone, through ``mutable=``: a layer writes ``batch_stats``/``spectral`` only when that
+collection is mutable, so a pass that must not touch the statistics (say, a second discriminator
+pass in the same step) is simply applied with ``mutable=False`` for it.
+
+Compute dtype: layers take ``dtype`` (float32 or bfloat16) for their matmuls/convolutions;
+parameters, statistics and the spectral-norm arithmetic stay float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bbg_jax.models.conv import conv2d
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+SPECTRAL = "spectral"
+BATCH_STATS = "batch_stats"
+
+orthogonal_init = nn.initializers.orthogonal()
+
+
+def _l2_normalize(x: Array, eps: float) -> Array:
+    # x / max(||x||, eps): exact for any non-degenerate vector; eps only guards against 0.
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+def spectral_normalize(
+    kernel: Array, u: Array, *, n_iterations: int, eps: float
+) -> tuple[Array, Array, Array]:
+    """Divides ``kernel`` by an estimate of its largest singular value.
+
+    The kernel is viewed as a matrix W of shape (fan_in, out) (all axes but the last flattened);
+    ``u`` (shape (out,)) estimates W's top right singular vector. Each power iteration does
+    v = W u / |W u|, u = Wᵀ v / |Wᵀ v|; then σ = |W u|. The vectors are constants for the gradient
+    (as in Miyato et al. and BigGAN), so the gradient flows through W in σ = vᵀ W u only.
+
+    Returns (normalised kernel, new u, sigma).
+    """
+    w = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+    u = jax.lax.stop_gradient(u)
+    w_const = jax.lax.stop_gradient(w)
+    for _ in range(n_iterations):
+        v = _l2_normalize(w_const @ u, eps)
+        u = _l2_normalize(w_const.T @ v, eps)
+    sigma = jnp.linalg.norm(w @ u)
+    return kernel / sigma.astype(kernel.dtype), u, sigma
+
+
+class SpectralNormParam(nn.Module):
+    """Holds the power-iteration vector of one weight and normalises that weight.
+
+    ``n_power_iterations`` iterations run per training call (BigGAN: 1), none at evaluation.
+    The vector lives in the ``spectral`` collection and is written only when that collection is
+    mutable. ``sigma`` is also recorded there, for monitoring.
+    """
+
+    eps: float = 1e-4
+    n_power_iterations: int = 1
+
+    @nn.compact
+    def __call__(self, kernel: Array, train: bool) -> Array:
+        out = kernel.shape[-1]
+
+        def init_u():
+            key = self.make_rng("params")
+            return _l2_normalize(jax.random.normal(key, (out,), jnp.float32), self.eps)
+
+        u = self.variable(SPECTRAL, "u", init_u)
+        sigma_var = self.variable(SPECTRAL, "sigma", lambda: jnp.ones((), jnp.float32))
+        n_iter = self.n_power_iterations if train else 0
+        w_sn, u_new, sigma = spectral_normalize(
+            kernel, u.value, n_iterations=n_iter, eps=self.eps
+        )
+        if train and self.is_mutable_collection(SPECTRAL) and not self.is_initializing():
+            u.value = u_new
+            sigma_var.value = jax.lax.stop_gradient(sigma)
+        return w_sn
+
+
+class SNDense(nn.Module):
+    """Dense layer with optional spectral normalisation of its kernel."""
+
+    features: int
+    use_bias: bool = True
+    spectral_norm: bool = True
+    sn_eps: float = 1e-4
+    kernel_init: Initializer = orthogonal_init
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        if self.spectral_norm:
+            kernel = SpectralNormParam(eps=self.sn_eps, name="sn")(kernel, train)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class SNConv(nn.Module):
+    """2-D convolution (NHWC, SAME padding) with optional spectral normalisation."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    use_bias: bool = True
+    spectral_norm: bool = True
+    sn_eps: float = 1e-4
+    kernel_init: Initializer = orthogonal_init
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                            jnp.float32)
+        if self.spectral_norm:
+            kernel = SpectralNormParam(eps=self.sn_eps, name="sn")(kernel, train)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                        (self.strides, self.strides), "SAME")
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def batch_moments(x: Array, axis_name: str | None) -> tuple[Array, Array]:
+    """Per-channel mean and variance over all axes but the last, in float32.
+
+    Under ``jax.jit`` with the batch sharded over a mesh the mean over the (global) batch axis is
+    already cross-replica. ``axis_name`` is for use inside ``shard_map``, where each device sees
+    its shard only and the moments are averaged over that named axis.
+    """
+    x32 = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x32, axes)
+    mean_sq = jnp.mean(jnp.square(x32), axes)
+    if axis_name is not None:
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    return mean, var
+
+
+class _Normalizer(nn.Module):
+    """Shared statistics logic: batch moments in training, running averages at evaluation."""
+
+    momentum: float = 0.99
+    eps: float = 1e-4
+    axis_name: str | None = None
+    groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        c = x.shape[-1]
+        ra_mean = self.variable(BATCH_STATS, "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable(BATCH_STATS, "var", lambda: jnp.ones((c,), jnp.float32))
+        if not train:
+            inv = jax.lax.rsqrt(ra_var.value + self.eps)
+            return (x.astype(jnp.float32) - ra_mean.value) * inv
+        n = x.shape[0]
+        if self.groups < 1 or n % self.groups:
+            raise ValueError(f"Batch norm groups={self.groups} must divide the batch ({n}): "
+                             "set model.bn_groups to a divisor of the global batch.")
+        # Grouped BN: consecutive slices of the (global) batch are normalised separately; with
+        # the batch split over the mesh, a group is a block of devices. groups=1: global BN.
+        xg = x.reshape(self.groups, n // self.groups, *x.shape[1:])
+        mean, var = jax.vmap(lambda t: batch_moments(t, self.axis_name))(xg)  # [groups, C]
+        if self.is_mutable_collection(BATCH_STATS) and not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, 0)
+            ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, 0)
+        expand = (slice(None), None) + (None,) * (x.ndim - 2)
+        y = (xg.astype(jnp.float32) - mean[expand]) * jax.lax.rsqrt(var[expand] + self.eps)
+        return y.reshape(x.shape)
+
+
+class BatchNorm(nn.Module):
+    """Batch norm with optional learned scale/offset (used by E, and G's last layer)."""
+
+    use_scale: bool = True
+    use_bias: bool = True
+    momentum: float = 0.99
+    eps: float = 1e-4
+    axis_name: str | None = None
+    groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        c = x.shape[-1]
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
+            x, train)
+        if self.use_scale:
+            y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return y.astype(self.dtype)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BigGAN's conditional batch norm: y = x̂ · (1 + W_γ c) + W_β c.
+
+    x̂ is x normalised without an affine transform. W_γ and W_β are bias-free linear maps of the
+    conditioning vector c, initialised to zero so that the layer equals plain batch norm at
+    initialisation (the "+1" on the gain is what makes this work; compare_gan shipped without it).
+    They are not spectrally normalised: a zero-initialised weight has no spectral norm to divide by.
+    """
+
+    momentum: float = 0.99
+    eps: float = 1e-4
+    axis_name: str | None = None
+    groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cond: Array, train: bool = True) -> Array:
+        c = x.shape[-1]
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
+            x, train)
+        dense = lambda name: nn.Dense(  # noqa: E731
+            c, use_bias=False, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name=name
+        )
+        gain = 1.0 + dense("gamma")(cond.astype(jnp.float32))
+        bias = dense("beta")(cond.astype(jnp.float32))
+        expand = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
+        return (y * gain[expand] + bias[expand]).astype(self.dtype)
+
+
+ATTENTION_IMPLS = ("dot_product", "einsum")
+
+
+def maybe_remat(block: type[nn.Module], enabled: bool, train_argnum: int) -> type[nn.Module]:
+    """``block`` rematerialised (activations recomputed in the backward pass) when enabled.
+
+    ``train_argnum`` is the position of the boolean ``train`` argument in ``__call__`` counting
+    ``self`` as 0: it must be static under ``jax.checkpoint``.
+    """
+    return nn.remat(block, static_argnums=(train_argnum,)) if enabled else block
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention (the "non-local block" of BigGAN).
+
+    θ: 1×1 conv to C/8; φ: 1×1 conv to C/8 then 2×2 max-pool; g: 1×1 conv to C/2 then 2×2 max-pool;
+    attention = softmax(θ φᵀ) (no 1/√d scaling, as in SAGAN/BigGAN); output 1×1 conv back to C,
+    scaled by a learned γ initialised to 0, added to the input. All convolutions are bias-free and
+    spectrally normalised.
+    """
+
+    spectral_norm: bool = True
+    sn_eps: float = 1e-4
+    dtype: Dtype = jnp.float32
+    impl: str = "dot_product"  # or "einsum": the explicit softmax(θφᵀ)·g
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        n, h, w, c = x.shape
+        if c % 8:
+            raise ValueError(f"SelfAttention needs channels divisible by 8, got {c}.")
+        conv = lambda f, name: SNConv(  # noqa: E731
+            f, kernel_size=1, use_bias=False, spectral_norm=self.spectral_norm,
+            sn_eps=self.sn_eps, dtype=self.dtype, name=name,
+        )
+        pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2))  # noqa: E731
+        theta = conv(c // 8, "theta")(x, train).reshape(n, h * w, c // 8)
+        phi = pool(conv(c // 8, "phi")(x, train)).reshape(n, -1, c // 8)
+        g = pool(conv(c // 2, "g")(x, train)).reshape(n, -1, c // 2)
+        if self.impl == "dot_product":
+            # jax.nn.dot_product_attention (cuDNN's fused kernel where eligible, XLA otherwise)
+            # wants equal head widths for keys and values: g's C/2 channels become 4 heads of
+            # C/8 that share θ and φ, which gives the same softmax(θφᵀ)·g.
+            heads = 4
+            q = jnp.broadcast_to(theta[:, :, None], (n, h * w, heads, c // 8))
+            k = jnp.broadcast_to(phi[:, :, None], (n, phi.shape[1], heads, c // 8))
+            v = g.reshape(n, -1, heads, c // 8)
+            o = jax.nn.dot_product_attention(q, k, v, scale=1.0).reshape(n, h, w, c // 2)
+        elif self.impl == "einsum":
+            logits = jnp.einsum("nqd,nkd->nqk", theta, phi).astype(jnp.float32)
+            attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            o = jnp.einsum("nqk,nkd->nqd", attn, g).reshape(n, h, w, c // 2)
+        else:
+            raise ValueError(f"SelfAttention impl={self.impl!r}; use one of {ATTENTION_IMPLS}.")
+        o = conv(c, "out")(o, train)
+        gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+        return (x + gamma.astype(self.dtype) * o).astype(self.dtype)
+
+
+class ResidualMLP(nn.Module):
+    """An MLP of ``depth`` linear layers of ``width`` units with identity skip connections.
+
+    Layer 1 projects the input to ``width``; each further layer is a pre-activation residual
+    update h ← h + W·relu(h) + b. The output is relu(h), the feature a linear head reads. This is
+    the "skip-connection MLP" of H, J (BigBiGAN D) and of the encoder head; depth and width are
+    [open] in the paper and come from config.
+    """
+
+    depth: int
+    width: int
+    spectral_norm: bool = False
+    sn_eps: float = 1e-4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = True) -> Array:
+        if self.depth < 1:
+            raise ValueError(f"ResidualMLP depth must be >= 1, got {self.depth}.")
+        dense = lambda name: SNDense(  # noqa: E731
+            self.width, spectral_norm=self.spectral_norm, sn_eps=self.sn_eps,
+            dtype=self.dtype, name=name,
+        )
+        h = dense("dense_0")(x, train)
+        for i in range(1, self.depth):
+            h = h + dense(f"dense_{i}")(nn.relu(h), train)
+        return nn.relu(h)
+
+
+def _is_regularised(path: Sequence[Any], leaf: Array, exclude: Sequence[str]) -> bool:
+    names = [getattr(p, "key", getattr(p, "name", str(p))) for p in path]
+    return (
+        leaf.ndim >= 2
+        and names[-1] == "kernel"
+        and not any(str(n) in exclude for n in names)
+    )
+
+
+def orthogonal_regularizer(params: Any, exclude: Sequence[str] = ("embed",)) -> Array:
+    """BigGAN's orthogonal regulariser Σ_W ‖WᵀW ⊙ (1 − I)‖²_F (multiply by β, 1e-4 in BigGAN).
+
+    Applies to every ``kernel`` with two or more axes, each viewed as (fan_in, out), so WᵀW is the
+    Gram matrix of the output filters. Parameters whose path contains a name in ``exclude``
+    (class/label embeddings, as BigGAN-PyTorch exempts its shared embedding) are skipped.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if _is_regularised(path, leaf, exclude):
+            w = leaf.reshape(-1, leaf.shape[-1]).astype(jnp.float32)
+            gram = w.T @ w
+            off_diag = gram * (1.0 - jnp.eye(gram.shape[0], dtype=gram.dtype))
+            total = total + jnp.sum(jnp.square(off_diag))
+    return total

@@ -1,0 +1,291 @@
+"""The training step: ``n_d_steps`` discriminator updates, then one joint G+E update.
+
+Which passes read and write which state (``train`` picks batch statistics / one power iteration;
+a collection is written only where it is listed as updated):
+
+* Each D update: G and E run with batch statistics but write nothing; D runs one power iteration
+  and stores its spectral-norm vectors (one D pass over encoder and generator pairs together).
+* The G+E update: G uses batch statistics and stores its running BN averages and spectral-norm
+  vectors; E uses batch statistics and stores its running BN averages; D runs in evaluation mode
+  (σ from the stored vectors, nothing written).
+
+So each network's running statistics and spectral-norm vectors move once per update of that
+network's own weights, and D scores encoder and generator pairs in one pass (it has no batch norm,
+so concatenating them changes nothing but the count of power iterations).
+
+The step consumes ``n_d_steps`` real batches (leading axis of every batch array); D update i reads
+batch i with fresh z and encoder noise, and the G+E update reuses the last real batch with fresh z
+and noise (as compare_gan does with its D iterations), so no data is drawn that D has not seen.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from bbg_jax import sharding
+from bbg_jax.losses import bigbigan_losses
+from bbg_jax.models import build_models, conv
+from bbg_jax.models.layers import orthogonal_regularizer
+from bbg_jax.train_state import (
+    TrainState,
+    ema_networks,
+    learning_rates,
+    lr_schedule,
+    make_optimizers,
+    probe_optimizer,
+    update_ema,
+)
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+
+PRIORS = ("gaussian", "uniform")
+
+
+def sample_prior(key: jax.Array, shape: tuple[int, int], prior: str) -> jax.Array:
+    """P_z: N(0, I) (BigBiGAN) or U(-1, 1)^d (the uniform-prior ablation)."""
+    if prior == "gaussian":
+        return jax.random.normal(key, shape, jnp.float32)
+    if prior == "uniform":
+        return jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
+    raise ValueError(f"train.prior={prior!r}; choose one of {PRIORS}.")
+
+
+def l2_norm(tree: PyTree) -> jax.Array:
+    """Global L2 norm of a pytree (optax renamed its helper across versions; this is stable)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                        for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _interleave(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[a0, b0, a1, b1, ...]: one batch for D that keeps each device's rows on that device.
+
+    Concatenating two batch-sharded arrays would put the real half on the first half of the
+    devices and force an exchange of activations; interleaving keeps row i of both on its device.
+    """
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def _split_scores(scores: dict[str, jax.Array]) -> tuple[dict, dict]:
+    """Inverse of ``_interleave`` on D's scores: (encoder-pair scores, generator-pair scores)."""
+    pairs = {k: v.reshape(-1, 2) for k, v in scores.items()}
+    return {k: v[:, 0] for k, v in pairs.items()}, {k: v[:, 1] for k, v in pairs.items()}
+
+
+class StepFunctions(NamedTuple):
+    """The pure pieces of a step, exposed so tests can exercise each update alone.
+
+    ``draw(key, n)`` -> latents/noise; ``d_update(state, real, noise)`` and
+    ``ge_update(state, real, noise)`` -> (state, metrics); ``train_step(state, batch)`` composes
+    them.
+    """
+
+    draw: Callable
+    d_update: Callable
+    ge_update: Callable
+    train_step: Callable
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Returns the pure step function ``(state, batch) -> (state, metrics)`` (not yet jitted).
+
+    ``batch`` holds ``image_d`` (and ``image_e`` with an encoder, ``label`` for class-conditional
+    models), each with leading axes (n_d_steps, global_batch). ``mesh`` (optional) lets the step
+    shard the latents and noise it draws like the batch.
+    """
+    return make_step_functions(config, mesh).train_step
+
+
+def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = None
+                        ) -> StepFunctions:
+    """Builds the models and optimizers of ``config`` and the step's pure functions."""
+    models = build_models(config)
+    t = config.train
+    G, D = models["G"], models["D"]
+    E = models.get("E")
+    txs = make_optimizers(config, sorted(models))
+    probe_tx = probe_optimizer(config)
+    terms = t.loss_terms
+    class_conditional = config.model.generator.conditioning == "class"
+    num_classes = config.model.generator.num_classes
+    z_dim = config.model.z_dim
+    peaks = learning_rates(config)
+    schedules = {k: lr_schedule(v, t.warmup_steps) for k, v in peaks.items()}
+    if t.prior not in PRIORS:
+        raise ValueError(f"train.prior={t.prior!r}; choose one of {PRIORS}.")
+    # Which weight-gradient the convolutions use (bbg_jax/models/conv.py): "auto" picks by the
+    # platform the step runs on (the mesh's, so an AOT compile for a TPU topology gets XLA's).
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    weight_grad = conv.resolve(t.get("conv_weight_grad", "xla"), platform)
+
+    def conv_context(fn):
+        @functools.wraps(fn)
+        def traced_with(*args):
+            with conv.weight_grad(weight_grad):
+                return fn(*args)
+        return traced_with
+
+    def variables(state: TrainState, name: str, params: PyTree | None = None) -> dict:
+        p = state.params[name] if params is None else params
+        return {"params": p, **state.model_state[name]}
+
+    def draw(key: jax.Array, n: int) -> dict[str, jax.Array]:
+        kz, ke, ky = jax.random.split(key, 3)
+        out = {"z": sharding.shard_like_batch(sample_prior(kz, (n, z_dim), t.prior), mesh)}
+        if E is not None:
+            eps = jax.random.normal(ke, (n, z_dim), jnp.float32)
+            out["eps"] = sharding.shard_like_batch(eps, mesh)
+        if class_conditional:
+            y = jax.random.randint(ky, (n,), 0, num_classes)
+            out["y"] = sharding.shard_like_batch(y, mesh)
+        return out
+
+    def real_view(batch: Batch, i: int) -> dict[str, jax.Array]:
+        return {k: v[i] for k, v in batch.items()}
+
+    def d_scores(d_vars, real, noise, x_fake, z_hat, train, mutable):
+        """D on encoder (real) pairs and generator pairs in one pass."""
+        x = _interleave(real["image_d"], x_fake)
+        if E is not None:
+            second = _interleave(z_hat, noise["z"])
+        elif config.model.discriminator.num_classes > 0:
+            second = _interleave(real["label"], noise["y"])
+        else:
+            second = None
+        out = D.apply(d_vars, x, second, train=train, mutable=mutable)
+        scores, new_state = out if mutable else (out, None)
+        enc, gen = _split_scores(scores)
+        return enc, gen, new_state
+
+    def generate(state, g_params, noise, mutable):
+        label = noise.get("y")
+        return G.apply(variables(state, "G", g_params), noise["z"], label, train=True,
+                       mutable=mutable)
+
+    def encode(state, e_params, real, noise, mutable):
+        return E.apply(variables(state, "E", e_params), real["image_e"], train=True,
+                       noise=noise["eps"], mutable=mutable)
+
+    @conv_context
+    def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
+        x_fake = generate(state, None, noise, mutable=False)
+        z_hat = encode(state, None, real, noise, mutable=False)["z_sample"] if E else None
+        x_fake, z_hat = jax.lax.stop_gradient((x_fake, z_hat))
+
+        def loss_fn(d_params):
+            enc, gen, new_d_state = d_scores(
+                variables(state, "D", d_params), real, noise, x_fake, z_hat,
+                train=True, mutable=["spectral"])
+            losses = bigbigan_losses(enc, gen, terms)
+            return losses["d_loss"], (losses, new_d_state)
+
+        grads, (losses, new_d_state) = jax.grad(loss_fn, has_aux=True)(state.params["D"])
+        updates, opt = txs["D"].update(grads, state.opt_state["D"], state.params["D"])
+        state = state.replace(
+            params={**state.params, "D": optax.apply_updates(state.params["D"], updates)},
+            opt_state={**state.opt_state, "D": opt},
+            model_state={**state.model_state, "D": {**state.model_state["D"], **new_d_state}},
+        )
+        return state, {**losses, "grad_norm_D": l2_norm(grads)}
+
+    @conv_context
+    def ge_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
+        names = ["G", "E"] if E is not None else ["G"]
+
+        def loss_fn(ge_params):
+            x_fake, new_g = generate(state, ge_params["G"], noise,
+                                     mutable=["batch_stats", "spectral"])
+            new_states = {"G": new_g}
+            z_hat = None
+            feat = None
+            if E is not None:
+                enc_out, new_e = encode(state, ge_params["E"], real, noise,
+                                        mutable=["batch_stats"])
+                z_hat, new_states["E"] = enc_out["z_sample"], new_e
+                feat = enc_out["avepool_feat"]
+            enc, gen, _ = d_scores(variables(state, "D"), real, noise, x_fake, z_hat,
+                                   train=False, mutable=False)
+            losses = bigbigan_losses(enc, gen, terms)
+            total = losses["g_loss"] + losses.get("e_loss", 0.0)
+            if t.ortho_reg_weight > 0:
+                losses["ortho_reg_G"] = orthogonal_regularizer(ge_params["G"])
+                total = total + t.ortho_reg_weight * losses["ortho_reg_G"]
+            return total, (losses, new_states, feat)
+
+        ge_params = {k: state.params[k] for k in names}
+        grads, (losses, new_states, feat) = jax.grad(loss_fn, has_aux=True)(ge_params)
+        params, opt_state, model_state = dict(state.params), dict(state.opt_state), dict(
+            state.model_state)
+        metrics = {}
+        for k in names:
+            updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
+            params[k] = optax.apply_updates(state.params[k], updates)
+            model_state[k] = {**state.model_state[k], **new_states[k]}
+            metrics[f"grad_norm_{k}"] = l2_norm(grads[k])
+        state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
+        if state.probe:
+            state, probe_metrics = probe_update(state, jax.lax.stop_gradient(feat),
+                                                real["label"])
+            metrics.update(probe_metrics)
+        return state, {**losses, **metrics}
+
+    def probe_update(state: TrainState, feat: jax.Array, label: jax.Array
+                     ) -> tuple[TrainState, dict]:
+        """One step of the online linear probe on frozen features (reported before the step)."""
+
+        def loss_fn(p):
+            logits = feat @ p["kernel"] + p["bias"]
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+            return loss, logits
+
+        p, opt = state.probe["params"], state.probe["opt_state"]
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+        updates, opt = probe_tx.update(grads, opt, p)
+        top1 = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
+        new = {"params": optax.apply_updates(p, updates), "opt_state": opt}
+        return state.replace(probe=new), {"online_probe_loss": loss,
+                                          "online_probe_top1_train": top1}
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = jax.random.fold_in(state.rng, state.step)
+        metrics: dict[str, jax.Array] = {}
+        for i in range(t.n_d_steps):
+            real = real_view(batch, i)
+            noise = draw(jax.random.fold_in(key, i), real["image_d"].shape[0])
+            state, d_metrics = d_update(state, real, noise)
+            # Report D's losses from its last update of the step.
+            metrics.update({k: v for k, v in d_metrics.items()
+                            if k.startswith(("d_loss", "grad_norm"))})
+        real = real_view(batch, t.n_d_steps - 1)
+        noise = draw(jax.random.fold_in(key, t.n_d_steps), real["image_d"].shape[0])
+        state, ge_metrics = ge_update(state, real, noise)
+        metrics.update({k: v for k, v in ge_metrics.items() if not k.startswith("d_loss")})
+
+        new_step = state.step + 1
+        ema = {k: update_ema(state.ema_params[k], state.params[k], new_step, t.ema_decay,
+                             t.ema_start_step)
+               for k in ema_networks(config, state.params)}
+        for k, sched in schedules.items():
+            if k in state.params:
+                metrics[f"lr_{k}"] = jnp.asarray(sched(state.step), jnp.float32)
+        return state.replace(step=new_step, ema_params=ema), metrics
+
+    return StepFunctions(draw, d_update, ge_update, train_step)
+
+
+def jit_train_step(config: ml_collections.ConfigDict, mesh: Mesh
+                   ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The step jitted over ``mesh``: state replicated and donated, batch split on ``data``."""
+    step = make_train_step(config, mesh)
+    rep = sharding.replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis=1)),
+                   out_shardings=(rep, rep), donate_argnums=(0,))
