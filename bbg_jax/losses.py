@@ -49,17 +49,26 @@ def _gather(scores: dict[str, Array], terms: tuple[str, ...], side: str) -> Arra
 
 
 def bigbigan_losses(
-    scores_enc: dict[str, Array], scores_gen: dict[str, Array], terms: str = "all"
+    scores_enc: dict[str, Array] | None, scores_gen: dict[str, Array], terms: str = "all"
 ) -> dict[str, Array]:
     """D, E and G losses from D's scores on encoder (real) pairs and generator pairs.
 
     Returns ``d_loss``, ``g_loss``, ``e_loss`` (absent for terms="x_only", which has no encoder),
     the two halves of the D hinge (``d_loss_enc``, ``d_loss_gen``), and the mean of every score
     that took part on each side (``mean_score_xz_enc``, ...) for logging.
+
+    ``scores_enc=None`` (terms="x_only" only: the G update of a GAN, whose loss reads no real
+    score) returns the generator side alone: ``g_loss`` and ``mean_<term>_gen``.
     """
     selected = score_terms(terms)
-    enc = _gather(scores_enc, selected, "encoder-pair")
     gen = _gather(scores_gen, selected, "generator-pair")
+    if scores_enc is None:
+        if terms != "x_only":
+            raise ValueError(f"terms={terms!r} has an e_loss, which needs the encoder pairs.")
+        return {"g_loss": -jnp.mean(gen),
+                **{f"mean_{t}_gen": jnp.mean(scores_gen[t].astype(jnp.float32))
+                   for t in selected}}
+    enc = _gather(scores_enc, selected, "encoder-pair")
     out = {
         "d_loss_enc": jnp.mean(jax.nn.relu(1.0 - enc)),
         "d_loss_gen": jnp.mean(jax.nn.relu(1.0 + gen)),

@@ -166,6 +166,13 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         enc, gen = _split_scores(scores)
         return enc, gen, new_state
 
+    def d_scores_generated(d_vars, noise, x_fake):
+        """D on generator pairs alone (the G update of ``x_only``: no loss reads a real score,
+        so D runs forward and backward on half the batch). D is per-example (no batch
+        statistics), so the scores equal those of the interleaved pass."""
+        label = noise.get("y") if config.model.discriminator.num_classes > 0 else None
+        return D.apply(d_vars, x_fake, label, train=False, mutable=False)
+
     def generate(state, g_params, noise, mutable):
         label = noise.get("y")
         return G.apply(variables(state, "G", g_params), noise["z"], label, train=True,
@@ -212,8 +219,12 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                                         mutable=["batch_stats"])
                 z_hat, new_states["E"] = enc_out["z_sample"], new_e
                 feat = enc_out["avepool_feat"]
-            enc, gen, _ = d_scores(variables(state, "D"), real, noise, x_fake, z_hat,
-                                   train=False, mutable=False)
+            if terms == "x_only":
+                enc = None
+                gen = d_scores_generated(variables(state, "D"), noise, x_fake)
+            else:
+                enc, gen, _ = d_scores(variables(state, "D"), real, noise, x_fake, z_hat,
+                                       train=False, mutable=False)
             losses = bigbigan_losses(enc, gen, terms)
             total = losses["g_loss"] + losses.get("e_loss", 0.0)
             if t.ortho_reg_weight > 0:
@@ -262,9 +273,11 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             real = real_view(batch, i)
             noise = draw(jax.random.fold_in(key, i), real["image_d"].shape[0])
             state, d_metrics = d_update(state, real, noise)
-            # Report D's losses from its last update of the step.
+            # Report D's losses from its last update of the step (and, for x_only, whose G
+            # update scores no real image, the real images' mean score from it too).
             metrics.update({k: v for k, v in d_metrics.items()
-                            if k.startswith(("d_loss", "grad_norm"))})
+                            if k.startswith(("d_loss", "grad_norm"))
+                            or (terms == "x_only" and k.endswith("_enc"))})
         real = real_view(batch, t.n_d_steps - 1)
         noise = draw(jax.random.fold_in(key, t.n_d_steps), real["image_d"].shape[0])
         state, ge_metrics = ge_update(state, real, noise)
