@@ -1,0 +1,114 @@
+"""Times BigGAN-PyTorch's own training iteration on the CPU (the peer half of
+``scripts/vs_biggan_pytorch.py``; runs under a Python with torch, not bbg-jax's).
+
+    TORCH_PYTHON scripts/biggan_pytorch_iteration.py PEER_DIR [key=value ...]
+
+PEER_DIR is a checkout of ajbrock/BigGAN-PyTorch (MIT; never copied into this project). Its
+``train_fns.GAN_training_function`` is timed as ``train.py`` calls it: ``num_D_steps`` D updates
+on real and generated batches, one G update, the EMA of G. Settings default to
+``scripts/launch_cifar_ema.sh``'s CIFAR-10 model (G_ch = D_ch = 64, dim_z 128, 32 px, no
+attention, 10 classes). The peer's own dependencies (torchvision, h5py, tqdm, pillow) must be
+installed. Prints one JSON line.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+SETTINGS = {"batch": 50, "num_D_steps": 1, "G_ch": 64, "D_ch": 64, "dim_z": 128,
+            "resolution": 32, "n_classes": 10, "steps": 5, "threads": os.cpu_count(),
+            "ema": 1}
+
+
+def _placeholder(module: str, attr: str):
+    if attr.startswith("_"):
+        raise AttributeError(attr)
+    return type(f"{module}.{attr}", (), {})
+
+
+def _allow_missing_torchvision() -> bool:
+    """The peer's utils.py and datasets.py import torchvision for data loading and image saving,
+    which the timed iteration never calls. Where torchvision cannot load (a CPU-only torch
+    without a matching torchvision build), they get placeholder modules; returns whether so."""
+    try:
+        import torchvision  # noqa: F401
+
+        return False
+    except Exception:  # ImportError, or RuntimeError from a mismatched build
+        pass
+    import types
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    for name in ("torchvision", "torchvision.datasets", "torchvision.datasets.utils",
+                 "torchvision.transforms", "torchvision.utils"):
+        module = types.ModuleType(name)
+        module.__getattr__ = lambda attr, name=name: _placeholder(name, attr)
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+    return True
+
+
+def main(argv):
+    peer, overrides = argv[1], argv[2:]
+    s = dict(SETTINGS)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        s[key] = type(SETTINGS[key])(value)
+    sys.path.insert(0, peer)
+    import torch
+
+    torch.set_num_threads(s["threads"])
+    torch.manual_seed(0)
+    placeholder = _allow_missing_torchvision()
+    import BigGAN
+    import train_fns
+    import utils
+
+    common = dict(resolution=s["resolution"], n_classes=s["n_classes"], skip_init=True)
+    G = BigGAN.Generator(G_ch=s["G_ch"], dim_z=s["dim_z"], G_attn="0", G_shared=False,
+                         hier=False, shared_dim=0, G_lr=2e-4, G_B1=0.0, G_B2=0.999,
+                         adam_eps=1e-8, BN_eps=1e-5, SN_eps=1e-8, **common)
+    D = BigGAN.Discriminator(D_ch=s["D_ch"], D_attn="0", D_lr=2e-4, D_B1=0.0, D_B2=0.999,
+                             adam_eps=1e-8, SN_eps=1e-8, **common)
+    GD = BigGAN.G_D(G, D)
+    ema = None
+    if s["ema"]:
+        G_ema = BigGAN.Generator(G_ch=s["G_ch"], dim_z=s["dim_z"], G_attn="0", G_shared=False,
+                                 hier=False, shared_dim=0, no_optim=True, BN_eps=1e-5,
+                                 SN_eps=1e-8, **common)
+        ema = utils.ema(G, G_ema, 0.9999, 0)
+    z_, y_ = utils.prepare_z_y(s["batch"], s["dim_z"], s["n_classes"], device="cpu")
+    config = {"batch_size": s["batch"], "num_D_steps": s["num_D_steps"],
+              "num_D_accumulations": 1, "num_G_accumulations": 1, "toggle_grads": True,
+              "split_D": False, "D_ortho": 0.0, "G_ortho": 0.0, "ema": bool(s["ema"])}
+    state_dict = {"itr": 0}
+    train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config)
+    n_real = s["batch"] * s["num_D_steps"]
+    x = torch.randn(n_real, 3, s["resolution"], s["resolution"])
+    y = torch.randint(0, s["n_classes"], (n_real,))
+    G.train()
+    D.train()
+    train(x, y)  # warm-up
+    times = []
+    for _ in range(s["steps"]):
+        state_dict["itr"] += 1
+        start = time.perf_counter()
+        train(x, y)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(json.dumps({"who": "BigGAN-PyTorch", "torch": torch.__version__,
+                      "threads": s["threads"], "torchvision_placeholder": placeholder,
+                      **{k: s[k] for k in ("batch", "num_D_steps")},
+                      "G_params": count(G), "D_params": count(D),
+                      "median_s": median, "min_s": min(times), "max_s": max(times),
+                      "images_per_s": s["batch"] / median}))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
