@@ -83,6 +83,8 @@ def train_step_flops(config: ml_collections.ConfigDict, batch: int | None = None
     g, e, dd = f["G"], f.get("E", 0.0), f["D"]
     # D update: G and E forward; D forward + backward (weights) on 2b pairs.
     d_update = g + e + 3.0 * 2.0 * dd
-    # G/E update: G and E forward + backward (weights); D forward + input-gradient backward.
-    ge_update = 3.0 * g + 3.0 * e + 2.0 * 2.0 * dd
+    # G/E update: G and E forward + backward (weights); D forward + input-gradient backward,
+    # on 2b pairs, or on the b generated ones where no loss reads a real score (x_only).
+    scored = 1.0 if config.train.loss_terms == "x_only" else 2.0
+    ge_update = 3.0 * g + 3.0 * e + 2.0 * scored * dd
     return b * (config.train.n_d_steps * d_update + ge_update)
