@@ -106,7 +106,7 @@ def _compare(workdir: Path, reference: Path) -> list[str]:
 
     problems = []
     a, b = _state(workdir, 6), _state(reference, 6)
-    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     differing = sum(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True))
     if differing:
         problems.append(f"{differing} of {len(leaves_a)} state arrays differ at step 6")
