@@ -22,8 +22,8 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh
                     ) -> tuple[TrainState, dict[str, jax.ShapeDtypeStruct]]:
     """ShapeDtypeStructs of the train state (replicated) and of one step's global batch."""
     rep = sharding.replicated(mesh)
-    state = jax.eval_shape(lambda: create_train_state(config, jax.random.PRNGKey(0)))
-    state = jax.tree_util.tree_map(
+    state = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
+    state = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state)
     d, n_d = config.data, config.train.n_d_steps
     batch_sh = sharding.batch_sharding(mesh, batch_axis=1)

@@ -91,7 +91,7 @@ def benchmark_step(config, steps: int) -> dict[str, Any]:
     batch_size = config.data.batch_size
     sharding.check_batch_divisible(batch_size, mesh)
     state = jax.jit(lambda k: create_train_state(config, k),
-                    out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(0))
+                    out_shardings=sharding.replicated(mesh))(jax.random.key(0))
     batch = next(loop.step_batches(config, mesh, 0))
     step = jit_train_step(config, mesh)
     start = time.perf_counter()
@@ -140,9 +140,9 @@ def benchmark_pieces(config, steps: int) -> list[dict[str, Any]]:
 
     b = config.data.batch_size
     models = build_models(config)
-    v = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.PRNGKey(0))
+    v = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.key(0))
     m, d = config.model, config.data
-    key = jax.random.PRNGKey(1)
+    key = jax.random.key(1)
     z = jax.random.normal(key, (b, m.z_dim))
     y = jnp.zeros((b,), jnp.int32)
     x_d = jax.random.uniform(key, (b, d.resolution_d, d.resolution_d, d.channels), minval=-1)
@@ -158,14 +158,14 @@ def benchmark_pieces(config, steps: int) -> list[dict[str, Any]]:
         pieces["E_forward"] = jax.jit(lambda: models["E"].apply(
             v["E"], x_e, train=True, noise=z, mutable=["batch_stats"]))
     fns = make_step_functions(config)
-    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     real = {k: val[0] for k, val in next(loop.step_batches(
         config, sharding.make_mesh(jax.devices()[:1]), 0)).items()}
     noise = fns.draw(key, b)
     d_update, ge_update = jax.jit(fns.d_update), jax.jit(fns.ge_update)
     pieces["D_update"] = lambda: d_update(state, real, noise)[1]
     pieces["GE_update"] = lambda: ge_update(state, real, noise)[1]
-    kernels = [x for p, x in jax.tree_util.tree_flatten_with_path(v["D"]["params"])[0]
+    kernels = [x for p, x in jax.tree.flatten_with_path(v["D"]["params"])[0]
                if getattr(p[-1], "key", None) == "kernel"]
     us = [jnp.ones((k.shape[-1],)) / np.sqrt(k.shape[-1]) for k in kernels]
     pieces["D_spectral_norm_iterations"] = jax.jit(lambda: [

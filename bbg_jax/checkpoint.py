@@ -197,7 +197,7 @@ def _with_sharding(abstract: Any) -> Any:
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
         return x
 
-    return jax.tree_util.tree_map(leaf, abstract)
+    return jax.tree.map(leaf, abstract)
 
 
 def restore_state(workdir: paths.PathLike, abstract_state: TrainState, step: int | None = None

@@ -11,20 +11,29 @@ XLA's FLOPs against the analytic count, and the predicted step time (the maxtext
     # memory judged against a named chip's HBM and the time against its peak.
     python -m bbg_jax.compile_check --config experiments/table1.py:revnet_x4 \
         --devices 8 --chip h100
+    # Config fields are overridden as for training: --config.<field>=<value>.
+    python -m bbg_jax.compile_check --config experiments/bigbigan_imagenet128.py \
+        --topology v5p:4x4x4 --config.data.batch_size=1024 --config.model.dtype=bfloat16
 
-Exit status 0 when the step fits, 2 when it does not (with the reason), 1 on other errors.
+Other flags: --utilisation (assumed model-FLOPs utilisation, default 0.4), --hbm-gib (override
+the chip's HBM), --json FILE (also write the report as JSON).
+Exit status 0 when the step fits, 2 when it does not (with the reason), 1 on other errors (a bad
+command line included).
 CPU compiles are only a proxy for GPU memory: XLA:CPU schedules and fuses differently.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
 
 # Chip facts: (HBM bytes per chip, dense bf16 peak FLOP/s per chip). Public datasheet numbers;
 # SPEC §9 gives v4, v5p and H100. v5p/v4 topologies count chips (megacore: one device per chip).
@@ -140,32 +149,81 @@ def analytic_step_flops(config: Any) -> float:
     return train_step_flops(config)
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bbg_jax.compile_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="experiments/<file>.py[:variant]")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--topology", help="TPU topology, e.g. v5p:4x4x4, v4:4x4x8, v5e:8x8")
-    target.add_argument("--devices", type=int, help="N simulated CPU devices (XLA_FLAGS)")
-    p.add_argument("--chip", help=f"chip for HBM and peak: {sorted(CHIPS)} (default: from "
-                                  "--topology; required with --devices)")
-    p.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
-                   help="model-FLOPs utilisation for the expected step time")
-    p.add_argument("--hbm-gib", type=float, help="override the chip's HBM (GiB per chip)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set data.batch_size=1024 (repeatable)")
-    p.add_argument("--json", help="also write the report to this JSON file")
-    args = p.parse_args(argv)
-    if args.devices is not None and not args.chip:
-        p.error("--devices needs --chip (whose HBM and peak the CPU compile is judged against)")
-    if args.topology:
-        args.chip = args.chip or args.topology.split(":")[0]
-    if args.chip not in CHIPS:
-        p.error(f"unknown chip {args.chip!r}; known: {sorted(CHIPS)}")
-    return args
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The parsed command line."""
+
+    config_spec: str  # experiments/<file>.py[:variant], as given (the report's "config")
+    config: Any  # its ConfigDict, --config.<field>=<value> overrides applied
+    topology: str | None
+    devices: int | None
+    chip: str
+    utilisation: float
+    hbm_gib: float | None
+    json: str | None
 
 
-def _set_platform(args: argparse.Namespace) -> None:
+def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config file, experiments/<file>.py[:variant]; override "
+        "its fields with --config.<field>=<value>.", flag_values=fv, sys_argv=list(argv))
+    flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:4x4x4, v4:4x4x8, v5e:8x8.",
+                        flag_values=fv)
+    flags.DEFINE_integer("devices", None, "N simulated CPU devices (XLA_FLAGS).", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_enum("chip", None, sorted(CHIPS), "Chip for HBM and peak (default: from "
+                      "--topology; required with --devices).", flag_values=fv)
+    flags.DEFINE_float("utilisation", DEFAULT_UTILISATION,
+                       "Model-FLOPs utilisation for the expected step time.", flag_values=fv)
+    flags.DEFINE_float("hbm-gib", None, "Override the chip's HBM (GiB per chip).",
+                       flag_values=fv)
+    flags.DEFINE_string("json", None, "Also write the report to this JSON file.",
+                        flag_values=fv)
+    flags.mark_flags_as_required(["config"], flag_values=fv)
+    flags.mark_flags_as_mutual_exclusive(["topology", "devices"], required=True,
+                                         flag_values=fv)
+
+
+def parse(argv: Sequence[str], fv: flags.FlagValues | None = None) -> Args:
+    """``argv`` (program name first) -> Args; a bad command line raises ``app.UsageError``
+    (absl's flag errors included). ``fv`` None = fresh flags. Loads the config file but imports
+    no jax."""
+    fv = flags.FlagValues() if fv is None else fv
+    _define_flags(fv, argv)
+    try:
+        rest = fv(list(argv))
+    except flags.Error as e:
+        raise app.UsageError(" ".join(str(e).split())) from None
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+        # ml_collections' own errors for a config file or an override it cannot apply.
+        raise app.UsageError(f"command line: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())}") from None
+    if len(rest) > 1:
+        raise app.UsageError(f"{rest[1]!r}: unexpected argument (flags only)")
+    spec = fv["config"].config_filename
+    if not os.path.isfile(spec.split(":", 1)[0]):
+        raise app.UsageError(f"--config={spec}: no experiment config file at "
+                             f"{spec.split(':', 1)[0]!r}")
+    devices, topology, chip = fv["devices"].value, fv["topology"].value, fv["chip"].value
+    if devices is not None and not chip:
+        raise app.UsageError("--devices needs --chip (whose HBM and peak the CPU compile is "
+                             "judged against)")
+    chip = chip or topology.split(":")[0]
+    if chip not in CHIPS:
+        raise app.UsageError(f"unknown chip {chip!r} (from --topology={topology}); known: "
+                             f"{sorted(CHIPS)}")
+    config = fv["config"].value
+    # The check models an accelerator: simulated CPU devices stand in for GPUs, so compile
+    # XLA's convolution gradients (what "auto" picks there), not the CPU-only einsum path --
+    # unless the command line says otherwise.
+    if "train.conv_weight_grad" not in config_flags.get_override_values(fv["config"]):
+        config.train.conv_weight_grad = "xla"
+    return Args(config_spec=spec, config=config, topology=topology, devices=devices, chip=chip,
+                utilisation=fv["utilisation"].value, hbm_gib=fv["hbm-gib"].value,
+                json=fv["json"].value)
+
+
+def _set_platform(args: Args) -> None:
     """Must run before jax is imported: the device count is fixed when the backend starts."""
     if args.devices is not None:
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -180,23 +238,7 @@ def _set_platform(args: argparse.Namespace) -> None:
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def _apply_overrides(config: Any, overrides: list[str]) -> None:
-    import ast
-
-    for item in overrides:
-        key, _, value = item.partition("=")
-        try:
-            parsed = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value  # a bare string such as bfloat16
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = parsed
-
-
-def target_devices(args: argparse.Namespace) -> list[Any]:
+def target_devices(args: Args) -> list[Any]:
     import jax
 
     if args.devices is not None:
@@ -215,16 +257,11 @@ def target_devices(args: argparse.Namespace) -> list[Any]:
     return list(topo.devices)
 
 
-def check(config_spec: str, args: argparse.Namespace) -> Report:
+def check(args: Args) -> Report:
     from bbg_jax.aot import compile_train_step
-    from bbg_jax.configs import load_experiment
     from bbg_jax.sharding import make_mesh
 
-    config = load_experiment(config_spec)
-    # The check models an accelerator: simulated CPU devices stand in for GPUs, so compile XLA's
-    # convolution gradients (what "auto" picks there), not the CPU-only einsum path.
-    config.train.conv_weight_grad = "xla"
-    _apply_overrides(config, args.set)
+    config = args.config
     devices = target_devices(args)
     n = len(devices)
     mesh = make_mesh(devices)  # the mesh training builds, over the target's devices
@@ -246,7 +283,7 @@ def check(config_spec: str, args: argparse.Namespace) -> Report:
     at_util = at_peak / args.utilisation
     steps = int(config.train.num_steps)
     return Report(
-        config=config_spec, target=args.topology or f"cpu x{n}", chip=args.chip,
+        config=args.config_spec, target=args.topology or f"cpu x{n}", chip=args.chip,
         num_devices=n, per_device_batch=config.data.batch_size // n,
         argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
         alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
@@ -287,18 +324,18 @@ FIT_ADVICE = ("Use more chips (a larger topology, smaller per-device batch), "
               "model.dtype=bfloat16, or a smaller data.batch_size.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+def run(args: Args) -> int:
+    """The check of a parsed command line: prints the report; 0 fits, 2 does not fit."""
     _set_platform(args)
     try:
-        report = check(args.config, args)
+        report = check(args)
     except RuntimeError as e:  # jax's JaxRuntimeError; only the out-of-memory refusal is ours
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         # XLA's TPU compiler refuses a program whose temporaries exceed HBM, so there is no
         # memory analysis to report: say so, with XLA's figure and the fix.
-        print(f"DOES NOT FIT: {args.config} on {args.topology or 'this mesh'}: XLA refused to "
-              f"compile it ({str(e).splitlines()[0]}). {FIT_ADVICE}", file=sys.stderr)
+        print(f"DOES NOT FIT: {args.config_spec} on {args.topology or 'this mesh'}: XLA refused "
+              f"to compile it ({str(e).splitlines()[0]}). {FIT_ADVICE}", file=sys.stderr)
         return 2
     print(format_report(report))
     if args.json:
@@ -311,5 +348,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_PROG = "bbg_jax.compile_check"
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m bbg_jax.compile_check ARGS`` in this process with fresh flags (for tests and
+    tools); ``argv`` without the program name. A bad command line: one line on stderr, 1."""
+    try:
+        args = parse([_PROG, *argv])
+    except app.UsageError as e:
+        print(f"{_PROG}: {e}", file=sys.stderr)
+        return 1
+    return run(args)
+
+
+def _parse_for_app(argv: list[str]) -> Args:
+    """app.run's flags_parser: our flags on absl's FLAGS (so --helpfull works), a bad command
+    line one line on stderr and exit status 1 (2 means "does not fit")."""
+    try:
+        return parse(argv, flags.FLAGS)
+    except app.UsageError as e:
+        sys.exit(f"{_PROG}: {e}")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(run, flags_parser=_parse_for_app)

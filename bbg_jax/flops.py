@@ -57,7 +57,7 @@ def forward_flops(fn: Callable, *args: Any) -> float:
 def network_forward_flops(config: ml_collections.ConfigDict, batch: int = 1) -> dict[str, float]:
     """Forward FLOPs per network for ``batch`` inputs (D on ``batch`` pairs)."""
     models = build_models(config)
-    variables = jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0), batch))
+    variables = jax.eval_shape(lambda: init_variables(config, jax.random.key(0), batch))
     m, d = config.model, config.data
     z = jax.ShapeDtypeStruct((batch, m.z_dim), jnp.float32)
     label = jax.ShapeDtypeStruct((batch,), jnp.int32)

@@ -95,7 +95,7 @@ def step_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, sta
 
 def _replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     rep = sharding.replicated(mesh)
-    return jax.tree_util.tree_map(
+    return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), tree)
 
 
@@ -103,7 +103,7 @@ def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                   manager) -> tuple[TrainState, str]:
     """Resume precedence: workdir checkpoint, then ``train.init_from``, then fresh."""
     rep = sharding.replicated(mesh)
-    rng = jax.random.PRNGKey(config.train.seed)
+    rng = jax.random.key(config.train.seed)
     abstract = _replicated_abstract(
         jax.eval_shape(lambda: create_train_state(config, rng)), mesh)
     restored = checkpoint.restore_latest(manager, abstract, config)

@@ -125,6 +125,6 @@ def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
 def global_batch_from_local(local: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
     """Assembles global arrays from each process's local part of the batch (numpy pytree)."""
     sharding = batch_sharding(mesh, batch_axis)
-    return jax.tree_util.tree_map(
+    return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local
     )

@@ -62,7 +62,7 @@ def sample_prior(key: jax.Array, shape: tuple[int, int], prior: str) -> jax.Arra
 def l2_norm(tree: PyTree) -> jax.Array:
     """Global L2 norm of a pytree (optax renamed its helper across versions; this is stable)."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                        for x in jax.tree_util.tree_leaves(tree)))
+                        for x in jax.tree.leaves(tree)))
 
 
 def _interleave(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -267,7 +267,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                                           "online_probe_top1_train": top1}
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        key = jax.random.fold_in(state.rng, state.step)
+        key = jax.random.fold_in(state.base_key(), state.step)
         metrics: dict[str, jax.Array] = {}
         for i in range(t.n_d_steps):
             real = real_view(batch, i)

@@ -8,7 +8,9 @@
   opt_state    per network, its optax state (Adam moments float32)
   ema_params   exponential moving averages of G's (and optionally E's) parameters
   probe        the online linear probe (BYOL-style): {"params", "opt_state"}, empty when off
-  rng          the base key; step s uses fold_in(rng, s), so nothing random depends on history
+  rng          the base key's raw data, uint32[2] (``jax.random.key_data``: a checkpoint holds
+               plain arrays); step s uses fold_in(base_key(), s), so nothing random depends on
+               history
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class TrainState:
     opt_state: dict[str, PyTree]
     ema_params: dict[str, PyTree]
     probe: dict[str, PyTree]
-    rng: jax.Array
+    rng: jax.Array  # uint32[2]: jax.random.key_data of the base key
+
+    def base_key(self) -> jax.Array:
+        """The base key, a typed key (``jax.random.key``) wrapping ``rng``."""
+        return jax.random.wrap_key_data(self.rng)
 
 
 def learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -87,7 +93,8 @@ def init_probe(config: ml_collections.ConfigDict, feature_dim: int) -> dict[str,
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-    """Initialises every network and optimizer. Works under ``jax.eval_shape`` too."""
+    """Initialises every network and optimizer from ``rng`` (``jax.random.key(seed)``). Works
+    under ``jax.eval_shape`` too."""
     init_rng, state_rng = jax.random.split(rng)
     variables = init_variables(config, init_rng, batch=2)
     params = {k: v["params"] for k, v in variables.items()}
@@ -96,13 +103,14 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     opt_state = {k: txs[k].init(params[k]) for k in params}
     ema_names = ema_networks(config, params)
     # A copy, not an alias: the step donates the state, and one buffer cannot be donated twice.
-    ema_params = {k: jax.tree_util.tree_map(jnp.copy, params[k]) for k in ema_names}
+    ema_params = {k: jax.tree.map(jnp.copy, params[k]) for k in ema_names}
     probe = {}
     if "E" in params:
         feature_dim = params["E"]["head_mlp"]["dense_0"]["kernel"].shape[0]
         probe = init_probe(config, feature_dim)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                      opt_state=opt_state, ema_params=ema_params, probe=probe, rng=state_rng)
+                      opt_state=opt_state, ema_params=ema_params, probe=probe,
+                      rng=jax.random.key_data(state_rng))
 
 
 def ema_networks(config: ml_collections.ConfigDict, params: dict[str, PyTree]) -> list[str]:
@@ -117,7 +125,7 @@ def update_ema(ema: PyTree, params: PyTree, step: jax.Array, decay: float, start
     """EMA with ``decay``, starting at ``start_step``; before it the average tracks the weights
     (BigGAN-PyTorch starts at 20k steps, so early averages don't remember the initialisation)."""
     d = jnp.where(step >= start_step, decay, 0.0)
-    return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 def check_networks(config: ml_collections.ConfigDict) -> None:

@@ -10,16 +10,20 @@ model.dtype=bfloat16. A resumed run may log a step twice; the later line wins.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
+from absl import app, flags
 
 from bbg_jax import paths
 from bbg_jax.evaluation import standalone
 
 DEFAULT_KEYS = ("d_loss", "g_loss", "e_loss", "online_probe_top1_train")
+
+_WINDOW = flags.DEFINE_integer("window", 100, "Steps per averaging window.", lower_bound=1)
+_KEYS = flags.DEFINE_list("keys", list(DEFAULT_KEYS), "Logged metrics to compare.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
 
 
 def load_metrics(workdir: str) -> dict[int, dict[str, float]]:
@@ -49,31 +53,28 @@ def windows(rows: dict[int, dict[str, float]], key: str, window: int) -> dict[in
     return {end: float(np.mean(v)) for end, v in sorted(by_window.items())}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--window", type=int, default=100)
-    parser.add_argument("--keys", default=",".join(DEFAULT_KEYS))
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
-    args = parser.parse_args()
-    runs = {w: load_metrics(w) for w in args.workdirs}
-    keys = [k for k in args.keys.split(",") if any(k in r for rows in runs.values()
-                                                     for r in rows.values())]
-    table = {k: {w: windows(rows, k, args.window) for w, rows in runs.items()} for k in keys}
-    evals = {w: load_evals(w) for w in args.workdirs}
-    if args.json:
-        print(json.dumps({"window": args.window, "losses": table, "evals": evals}))
+def main(argv: list[str]) -> None:
+    workdirs, window = argv[1:], _WINDOW.value
+    if not workdirs:
+        raise app.UsageError("name at least one WORKDIR")
+    runs = {w: load_metrics(w) for w in workdirs}
+    keys = [k for k in _KEYS.value if any(k in r for rows in runs.values()
+                                          for r in rows.values())]
+    table = {k: {w: windows(rows, k, window) for w, rows in runs.items()} for k in keys}
+    evals = {w: load_evals(w) for w in workdirs}
+    if _JSON.value:
+        print(json.dumps({"window": window, "losses": table, "evals": evals}))
         return
-    names = [os.path.basename(os.path.normpath(w)) for w in args.workdirs]
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     for key in keys:
-        print(f"\n{key} (mean over {args.window}-step windows)")
+        print(f"\n{key} (mean over {window}-step windows)")
         print("| steps | " + " | ".join(names) + " |")
         print("|---|" + "---|" * len(names))
-        ends = sorted({e for w in args.workdirs for e in table[key][w]})
+        ends = sorted({e for w in workdirs for e in table[key][w]})
         for end in ends:
             cells = [f"{table[key][w][end]:.4f}" if end in table[key][w] else ""
-                     for w in args.workdirs]
-            print(f"| {max(end - args.window + 1, 1)}-{end} | " + " | ".join(cells) + " |")
+                     for w in workdirs]
+            print(f"| {max(end - window + 1, 1)}-{end} | " + " | ".join(cells) + " |")
     eval_keys = sorted({k for e in evals.values() for m in e.values() for k in m})
     if eval_keys:
         print("\nevaluations")
@@ -82,10 +83,10 @@ def main() -> None:
         for step in sorted({s for e in evals.values() for s in e}):
             for k in eval_keys:
                 cells = [f"{evals[w][step][k]:.4f}" if k in evals[w].get(step, {}) else ""
-                         for w in args.workdirs]
+                         for w in workdirs]
                 if any(cells):
                     print(f"| {step} | {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -18,7 +18,6 @@ summary; exits 1 if any run failed.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -31,9 +30,19 @@ import threading
 import time
 from pathlib import Path
 
+from absl import app, flags
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
 DRIVER = str(ROOT / "tests" / "loop_driver.py")
+
+_RUNS = flags.DEFINE_integer("runs", 50, "Soak runs.", lower_bound=0)
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/kill_soak", "Directory for every run.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
+_PARALLEL = flags.DEFINE_integer("parallel", 2, "Soak runs at a time.", lower_bound=1)
+_IN_SAVE_EVERY = flags.DEFINE_integer(
+    "in_save_every", 4, "Every N-th run is killed in the middle of a save (0: never).",
+    lower_bound=0)
 
 
 class _Run:
@@ -97,7 +106,7 @@ def _compare(workdir: Path, reference: Path) -> list[str]:
 
     problems = []
     a, b = _state(workdir, 6), _state(reference, 6)
-    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
     differing = sum(not np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True))
     if differing:
         problems.append(f"{differing} of {len(leaves_a)} state arrays differ at step 6")
@@ -143,36 +152,31 @@ def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Pat
     return record
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--workdir", default="/tmp/kill_soak")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parallel", type=int, default=2, help="soak runs at a time")
-    parser.add_argument("--in_save_every", type=int, default=4,
-                        help="every N-th run is killed in the middle of a save (0: never)")
-    args = parser.parse_args()
-    base = Path(args.workdir)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: flags only")
+    parallel = _PARALLEL.value
+    base = Path(_WORKDIR.value)
     base.mkdir(parents=True, exist_ok=True)
     cache, reference = base / "compilation_cache", base / "reference"
     shutil.rmtree(reference, ignore_errors=True)
     _finish(base / "warm_up_0", cache)  # the first run compiles; later ones load
     # The reference runs beside parallel - 1 others, as the soak runs will: its wall time is
     # the range the random kills are drawn from.
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         reference_seconds = max(pool.map(
             lambda w: _finish(w, cache),
-            [reference, *(base / f"warm_up_{i}" for i in range(1, args.parallel))]))
+            [reference, *(base / f"warm_up_{i}" for i in range(1, parallel))]))
     start = time.time()
-    for i in range(args.parallel):
+    for i in range(parallel):
         shutil.rmtree(base / f"warm_up_{i}", ignore_errors=True)
     print(json.dumps({"reference_training_seconds": round(reference_seconds, 1)}), flush=True)
 
-    rngs = [random.Random(args.seed * 100_003 + i) for i in range(args.runs)]
+    rngs = [random.Random(_SEED.value * 100_003 + i) for i in range(_RUNS.value)]
     records = []
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         futures = [pool.submit(soak_run, i, rngs[i], base, cache, reference, reference_seconds,
-                               args.in_save_every) for i in range(args.runs)]
+                               _IN_SAVE_EVERY.value) for i in range(_RUNS.value)]
         for future in concurrent.futures.as_completed(futures):
             records.append(future.result())
             print(json.dumps(records[-1]), flush=True)
@@ -188,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

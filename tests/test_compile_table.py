@@ -78,7 +78,7 @@ def test_every_paper_configuration_is_compiled_and_fits_its_target(monkeypatch):
 
 def test_xla_out_of_memory_refusal_is_a_clear_does_not_fit(monkeypatch, capsys):
     """XLA's TPU compiler refuses a step whose temporaries exceed HBM; the check says so."""
-    def refuse(config_spec, args):
+    def refuse(args):
         raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
                            "required for HLO temporaries (136.45G) exceeds available HBM.")
 
@@ -89,3 +89,33 @@ def test_xla_out_of_memory_refusal_is_a_clear_does_not_fit(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "DOES NOT FIT" in err and "136.45G" in err and "larger topology" in err
+
+
+def test_command_line_overrides_and_errors(monkeypatch, capsys):
+    """Config overrides are training's --config.<field>=<value>; a bad command line exits 1 (2
+    means "does not fit")."""
+    monkeypatch.chdir(ROOT)
+    args = compile_check.parse(["compile_check", "--config", "experiments/smoke.py",
+                                "--devices", "2", "--chip", "h100", "--hbm-gib", "0.5",
+                                "--config.data.batch_size=8"])
+    assert (args.config_spec, args.devices, args.chip, args.hbm_gib) == (
+        "experiments/smoke.py", 2, "h100", 0.5)
+    assert args.config.data.batch_size == 8
+    assert args.config.train.conv_weight_grad == "xla"  # the check models an accelerator
+    args = compile_check.parse(["compile_check", "--config=experiments/table1.py:revnet",
+                                "--topology=v5p:2x4x4", "--config.train.conv_weight_grad=auto"])
+    assert (args.config_spec, args.chip) == ("experiments/table1.py:revnet", "v5p")
+    assert args.config.train.conv_weight_grad == "auto"  # the command line wins
+
+    monkeypatch.setattr(compile_check, "_set_platform", lambda args: None)
+    monkeypatch.setattr(compile_check, "check", lambda args: 1 / 0)  # never reached
+    for argv in (["--config", "experiments/smoke.py", "--devices", "2"],  # no --chip
+                 ["--config", "experiments/smoke.py", "--devices", "2", "--topology", "v4:2x2"],
+                 ["--config", "experiments/smoke.py", "--topology", "v5p:2x4x4",
+                  "--set", "data.batch_size=8"],  # the old override syntax
+                 ["--config", "experiments/smoke.py", "--topology", "v5p:2x4x4",
+                  "--config.data.batch_size=x"],
+                 ["--config", "experiments/missing.py", "--topology", "v5p:2x4x4"]):
+        assert compile_check.main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("bbg_jax.compile_check: ") and err.count("\n") == 1, err

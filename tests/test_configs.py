@@ -60,11 +60,11 @@ def test_smoke_config_runs_all_networks():
     config = load("smoke")
     models = build_models(config)
     inputs = example_inputs(config, batch=4)
-    variables = init_variables(config, jax.random.PRNGKey(0), batch=4)
+    variables = init_variables(config, jax.random.key(0), batch=4)
     assert set(models) == {"G", "E", "D"}
     x = models["G"].apply(variables["G"], *inputs["G"], train=False)
     assert x.shape == (4, 32, 32, 3)
-    out = models["E"].apply(variables["E"], x, train=False, rngs={"noise": jax.random.PRNGKey(1)})
+    out = models["E"].apply(variables["E"], x, train=False, rngs={"noise": jax.random.key(1)})
     scores = models["D"].apply(variables["D"], x, out["z_sample"], train=False)
     assert all(np.isfinite(np.asarray(s)).all() and s.shape == (4,) for s in scores.values())
 
@@ -94,8 +94,8 @@ def test_bad_config_values_are_named(field, value, message):
 def test_bfloat16_config_keeps_float32_variables():
     config = load("smoke")
     config.model.dtype = "bfloat16"
-    variables = jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0)))
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
+    variables = jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
     assert count_params(variables["G"]) > 0
 
 
@@ -103,15 +103,15 @@ def test_bfloat16_config_keeps_float32_variables():
 def test_full_size_bigbigan_forward_backward_is_finite():
     config = load("bigbigan_imagenet128")
     models = build_models(config)
-    variables = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.PRNGKey(0))
-    z = jax.random.normal(jax.random.PRNGKey(1), (2, config.model.z_dim))
-    x_real = jax.random.uniform(jax.random.PRNGKey(2), (2, 128, 128, 3), minval=-1, maxval=1)
+    variables = jax.jit(lambda k: init_variables(config, k, batch=2))(jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (2, config.model.z_dim))
+    x_real = jax.random.uniform(jax.random.key(2), (2, 128, 128, 3), minval=-1, maxval=1)
 
     def total_score(params):
         v = {k: {**variables[k], "params": params[k]} for k in variables}
         x_fake, _ = models["G"].apply(v["G"], z, train=True, mutable=["batch_stats", "spectral"])
         enc, _ = models["E"].apply(v["E"], x_real, train=True, mutable=["batch_stats"],
-                                   rngs={"noise": jax.random.PRNGKey(3)})
+                                   rngs={"noise": jax.random.key(3)})
         d = models["D"]
         s_gen = d.apply(v["D"], x_fake, z, train=False)
         s_enc = d.apply(v["D"], x_real, enc["z_sample"], train=False)
@@ -121,6 +121,6 @@ def test_full_size_bigbigan_forward_backward_is_finite():
     value, grads = jax.jit(jax.value_and_grad(total_score))(params)
     assert np.isfinite(float(value))
     for name in ("G", "E", "D"):
-        leaves = jax.tree_util.tree_leaves(grads[name])
+        leaves = jax.tree.leaves(grads[name])
         assert all(np.isfinite(np.asarray(g)).all() for g in leaves), name
         assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves), name

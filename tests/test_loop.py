@@ -31,7 +31,7 @@ DRIVER = str(ROOT / "tests" / "loop_driver.py")
 
 def tree_equal(a, b):
     return all(np.array_equal(x, y) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def _main(workdir, cache, *flags, faults=(), env_extra=None, wait=True):
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_with_named_step_and_term(tmp_path, compilation_ca
     assert "last good checkpoint is step 3" in out
     assert _steps(tmp_path) == [3]
     restored = _restore(tmp_path, 3)
-    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(restored["params"]))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
 
 
 def test_resume_with_different_model_config_is_refused(uninterrupted, tmp_path,
@@ -194,8 +194,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_parameters(uninterrupted
     for part in ("params", "ema_params", "model_state"):
         assert tree_equal(getattr(state, part), latest[part]), part
     # Fresh optimizer state: Adam's moments and counts start at zero, not at the old run's.
-    assert all(not np.any(x) for x in jax.tree_util.tree_leaves(state.opt_state))
-    assert any(np.any(x) for x in jax.tree_util.tree_leaves(latest["opt_state"]))
+    assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state))
+    assert any(np.any(x) for x in jax.tree.leaves(latest["opt_state"]))
 
 
 # --- damaged checkpoints --------------------------------------------------------------------

@@ -92,7 +92,7 @@ def _pair(workdir, cache, *flags, faults=()) -> list[subprocess.Popen]:
 def _state(workdir, step):
     """A step's train state on this (1-device) process, whatever devices wrote it."""
     config = load_experiment(SMOKE)
-    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.PRNGKey(0)))
+    abstract = jax.eval_shape(lambda: create_train_state(config, jax.random.key(0)))
     return checkpoint.restore_state(workdir, abstract, step)
 
 
@@ -141,8 +141,8 @@ def test_two_processes_train_and_evaluate_like_one(two_and_one):
         sheets = {p.name for p in (Path(multi) / "eval" / f"step_{step}").glob("*.png")}
         assert "samples_ema_standing.png" in sheets
     a6, b6 = _state(single, 6), _state(multi, 6)
-    flat_a = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(a6.params)])
-    flat_b = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(b6.params)])
+    flat_a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a6.params)])
+    flat_b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(b6.params)])
     # Bounds: 5x the measured 1-vs-8-device differences (rel L2 1.6e-5).
     assert np.linalg.norm(flat_b - flat_a) / np.linalg.norm(flat_a) < 1e-4
 
@@ -178,7 +178,7 @@ def test_sigterm_to_one_process_then_resume_under_slurm(two_and_one, tmp_path,
     assert f"resumed from step {step}" in outs[0] and "8 devices" in outs[0]
     a, b = _state(tmp_path, 6), _state(reference, 6)
     assert all(np.array_equal(x, y) for x, y in zip(
-        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+        jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 @pytest.mark.parametrize("env, message", [

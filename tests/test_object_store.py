@@ -147,7 +147,7 @@ def test_sigkill_then_resume_from_the_bucket_is_bit_exact(trained, gcs_emulator,
     _fresh()
     a, b = _state(workdir, 6), _state(reference, 6)
     assert all(np.array_equal(x, y) for x, y in zip(
-        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+        jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     # The resumed run's log has each step once: the killed run's lines after step 3 are gone.
     rows = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -163,7 +163,7 @@ def test_async_checkpoints_in_the_bucket_equal_synchronous_ones(trained, gcs_emu
     for step in (3, 6):
         a, b = _state(workdir, step), _state(reference, step)
         assert all(np.array_equal(x, y) for x, y in zip(
-            jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+            jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):

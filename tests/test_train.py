@@ -26,23 +26,32 @@ def smoke():
 
 def tree_equal(a, b):
     return all(np.array_equal(x, y) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def tree_changed_everywhere(a, b):
     return all(not np.array_equal(x, y) for x, y in
-               zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
+               zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 @pytest.fixture(scope="module")
 def step_setup():
     config = smoke()
     fns = make_step_functions(config)
-    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     batch = next(loop.step_batches(config, sharding.make_mesh(), 0))
     real = {k: v[0] for k, v in batch.items()}
-    noise = fns.draw(jax.random.PRNGKey(1), real["image_d"].shape[0])
+    noise = fns.draw(jax.random.key(1), real["image_d"].shape[0])
     return config, fns, state, real, noise
+
+
+def test_state_holds_the_base_key_as_raw_data(step_setup):
+    """The state keeps its base key as uint32[2] key data (plain arrays in a checkpoint), the
+    bits a state made from the legacy ``PRNGKey(0)`` held: checkpoints and runs are unchanged."""
+    _, _, state, _, _ = step_setup
+    assert state.rng.dtype == jnp.uint32 and state.rng.shape == (2,)
+    np.testing.assert_array_equal(state.rng, [928981903, 3453687069])  # split(PRNGKey(0))[1]
+    assert jax.dtypes.issubdtype(state.base_key().dtype, jax.dtypes.prng_key)
 
 
 def test_d_update_changes_only_d(step_setup):
@@ -50,8 +59,8 @@ def test_d_update_changes_only_d(step_setup):
     # Orthogonally initialised weights have all singular values 1, so any u is already a top
     # singular vector; start from random vectors so that the power iteration visibly moves them.
     spectral = state.model_state["D"]["spectral"]
-    keys = iter(jax.random.split(jax.random.PRNGKey(5), len(jax.tree_util.tree_leaves(spectral))))
-    spectral = jax.tree_util.tree_map_with_path(
+    keys = iter(jax.random.split(jax.random.key(5), len(jax.tree.leaves(spectral))))
+    spectral = jax.tree.map_with_path(
         lambda path, x: (jax.random.normal(next(keys), x.shape) if path[-1].key == "u" else x),
         spectral)
     state = state.replace(model_state={**state.model_state,
@@ -65,7 +74,7 @@ def test_d_update_changes_only_d(step_setup):
     assert not tree_equal(new.params["D"], state.params["D"])
     # Every spectral-norm vector u of D moved by its power iteration.
     def us(tree):
-        return [x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if p[-1].key == "u"]
+        return [x for p, x in jax.tree.flatten_with_path(tree)[0] if p[-1].key == "u"]
 
     assert tree_changed_everywhere(us(new.model_state["D"]["spectral"]), us(spectral))
     assert np.isfinite(float(metrics["d_loss"]))
@@ -92,10 +101,10 @@ def test_unary_terms_route_gradients_to_one_player_only():
     from bbg_jax.models import build_models, init_variables
 
     models = build_models(config)
-    v = jax.jit(lambda k: init_variables(config, k, batch=4))(jax.random.PRNGKey(0))
-    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3), minval=-1, maxval=1)
-    z = jax.random.normal(jax.random.PRNGKey(2), (4, config.model.z_dim))
-    noise = jax.random.normal(jax.random.PRNGKey(3), (4, config.model.z_dim))
+    v = jax.jit(lambda k: init_variables(config, k, batch=4))(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), minval=-1, maxval=1)
+    z = jax.random.normal(jax.random.key(2), (4, config.model.z_dim))
+    noise = jax.random.normal(jax.random.key(3), (4, config.model.z_dim))
 
     def scores_enc(e_params):
         z_hat = models["E"].apply({**v["E"], "params": e_params}, x, train=False,
@@ -108,7 +117,7 @@ def test_unary_terms_route_gradients_to_one_player_only():
 
     def grad_norm(fn, params, term):
         g = jax.jit(jax.grad(lambda p: jnp.mean(fn(p)[term])))(params)
-        return float(sum(jnp.sum(jnp.abs(t)) for t in jax.tree_util.tree_leaves(g)))
+        return float(sum(jnp.sum(jnp.abs(t)) for t in jax.tree.leaves(g)))
 
     assert grad_norm(scores_enc, v["E"]["params"], "score_x") == 0.0
     assert grad_norm(scores_enc, v["E"]["params"], "score_z") > 0.0
@@ -127,14 +136,14 @@ from bbg_jax.train_state import create_train_state
 config = load_experiment(sys.argv[1])
 mesh = sharding.make_mesh()
 state = jax.jit(lambda k: create_train_state(config, k),
-                out_shardings=sharding.replicated(mesh))(jax.random.PRNGKey(0))
+                out_shardings=sharding.replicated(mesh))(jax.random.key(0))
 step = jit_train_step(config, mesh)
 batches = loop.step_batches(config, mesh, 0)
 losses = []
 for _ in range(3):
     state, metrics = step(state, next(batches))
     losses.append([float(metrics[k]) for k in ("d_loss", "g_loss", "e_loss")])
-leaves = jax.tree_util.tree_leaves(jax.device_get(state.params))
+leaves = jax.tree.leaves(jax.device_get(state.params))
 np.savez(sys.argv[2], losses=np.array(losses), devices=len(jax.devices()),
          **{f"p{i}": x for i, x in enumerate(leaves)})
 if len(sys.argv) > 3:  # also save the state, as the loop does, for a restore elsewhere
@@ -174,8 +183,8 @@ def test_one_device_matches_eight_and_restores_its_checkpoint(tmp_path):
     state = standalone.restore(smoke(), str(tmp_path / "eight"))
     assert int(state.step) == 3
     assert all(x.sharding.device_set == {jax.devices()[0]}
-               for x in jax.tree_util.tree_leaves(state.params))
-    restored = jax.tree_util.tree_leaves(jax.device_get(state.params))
+               for x in jax.tree.leaves(state.params))
+    restored = jax.tree.leaves(jax.device_get(state.params))
     assert all(np.array_equal(x, eight[f"p{i}"]) for i, x in enumerate(restored))
 
 
@@ -233,7 +242,7 @@ def test_ablations_train_through_the_same_step(name):
     config = _ablation(name)
     mesh = sharding.make_mesh()
     loop.check_config(config)
-    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     from bbg_jax.train import jit_train_step
 
     batch = next(loop.step_batches(config, mesh, 0))
@@ -264,7 +273,7 @@ def test_online_probe_learns_without_touching_the_encoder(step_setup):
     assert {"online_probe_loss", "online_probe_top1_train"} <= set(metrics)
     assert not tree_equal(new.probe["params"], state.probe["params"])
     # A different probe gives exactly the same G and E update: it reads stop-gradient features.
-    other = state.replace(probe={**state.probe, "params": jax.tree_util.tree_map(
+    other = state.replace(probe={**state.probe, "params": jax.tree.map(
         lambda x: x + 1.0, state.probe["params"])})
     new_other, _ = ge(other, real, noise)
     assert tree_equal(new_other.params, new.params)
@@ -278,15 +287,15 @@ def test_einsum_weight_gradient_step_matches_xla():
         config = smoke()
         config.train.conv_weight_grad = impl
         fns = make_step_functions(config)
-        state = jax.jit(lambda k, c=config: create_train_state(c, k))(jax.random.PRNGKey(0))
+        state = jax.jit(lambda k, c=config: create_train_state(c, k))(jax.random.key(0))
         batch = next(loop.step_batches(config, sharding.make_mesh(), 0))
         results[impl] = jax.jit(fns.train_step)(state, batch)
     (ref_state, ref_m), (state, m) = results["xla"], results["einsum"]
     for k in ("grad_norm_D", "grad_norm_G", "grad_norm_E", "d_loss", "g_loss", "e_loss"):
         np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
     for name in ("G", "E", "D"):
-        a = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(ref_state.params[name])])
-        b = jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(state.params[name])])
+        a = jnp.concatenate([x.ravel() for x in jax.tree.leaves(ref_state.params[name])])
+        b = jnp.concatenate([x.ravel() for x in jax.tree.leaves(state.params[name])])
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a)) < 1e-4, name
 
 

@@ -158,7 +158,7 @@ def build(config, mesh=None):
     fns = make_step_functions(config, mesh)
     out = None if mesh is None else sharding.replicated(mesh)
     init = jax.jit(lambda k: create_train_state(config, k), out_shardings=out)
-    return fns, init(jax.random.PRNGKey(0))
+    return fns, init(jax.random.key(0))
 
 
 def make_batch(config, step, batch=BATCH):
@@ -170,12 +170,12 @@ def make_batch(config, step, batch=BATCH):
 
 
 def leaves(tree):
-    return [np.asarray(x, np.float64) for x in jax.tree_util.tree_leaves(tree)]
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
 
 
 def adam_state(opt_state) -> optax.ScaleByAdamState:
     is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
-    found = [s for s in jax.tree_util.tree_leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(s)]
     assert len(found) == 1
     return found[0]
 
@@ -282,7 +282,7 @@ def test_discriminator_rate_is_warmed_up_in_generator_steps(trajectory):
         state = states[k]
         for i in range(t.n_d_steps):
             c = k * t.n_d_steps + i
-            noise = fns.draw(jax.random.PRNGKey(100 + c), BATCH)
+            noise = fns.draw(jax.random.key(100 + c), BATCH)
             new, _ = d_update(state, real, noise)
             lr = expected_lr(t.lr_d, t.warmup_steps, c // t.n_d_steps)
             assert_adam_step(state.params["D"], new.params["D"], new.opt_state["D"], lr, t=c + 1,
@@ -332,7 +332,7 @@ def ge_updates(stand_ins, trajectory):
     state = trajectory[2][0]
     batch = make_batch(off_config, 0)
     real = {k: v[0] for k, v in batch.items()}
-    noise = fns_off.draw(jax.random.PRNGKey(3), BATCH)
+    noise = fns_off.draw(jax.random.key(3), BATCH)
     new_off, m_off = jax.jit(fns_off.ge_update)(state, real, noise)
     new_on, m_on = jax.jit(fns_on.ge_update)(state, real, noise)
     return off_config, state, (new_off, m_off), (new_on, m_on)
@@ -348,10 +348,10 @@ def test_orthogonal_regulariser_adds_its_analytic_gradient_to_g_only(ge_updates)
 
     total = 0.0
     seen = set()
-    flat_off = dict(jax.tree_util.tree_flatten_with_path(grad_off)[0])
-    for path, g_on in jax.tree_util.tree_flatten_with_path(grad_on)[0]:
+    flat_off = dict(jax.tree.flatten_with_path(grad_off)[0])
+    for path, g_on in jax.tree.flatten_with_path(grad_on)[0]:
         name = _path_names(path)
-        w = np.asarray(dict(jax.tree_util.tree_flatten_with_path(state.params["G"])[0])[path],
+        w = np.asarray(dict(jax.tree.flatten_with_path(state.params["G"])[0])[path],
                        np.float64)
         diff = np.asarray(g_on, np.float64) - np.asarray(flat_off[path], np.float64)
         if name in REGULARISED:
@@ -382,13 +382,13 @@ def test_default_prior_is_gaussian_inside_the_step(ge_updates):
     z_min, z_max, _, z_sq = np.asarray(new_off.model_state["G"]["batch_stats"]["z_seen"])
     assert z_min < -1.0 and z_max > 1.0
     assert abs(z_sq - 1.0) < 0.4  # 128 draws: E z^2 = 1
-    z = np.asarray(make_step_functions(config).draw(jax.random.PRNGKey(7), 4096)["z"])
+    z = np.asarray(make_step_functions(config).draw(jax.random.key(7), 4096)["z"])
     assert abs(z.mean()) < 0.05 and abs(z.var() - 1.0) < 0.07 and np.abs(z).max() > 3.0
 
 
 def test_uniform_prior_draws_from_minus_one_to_one(trajectory):
     config, fns, states, _ = trajectory
-    z = np.asarray(fns.draw(jax.random.PRNGKey(7), 4096)["z"])
+    z = np.asarray(fns.draw(jax.random.key(7), 4096)["z"])
     assert z.min() >= -1.0 and z.max() < 1.0
     assert abs(z.mean()) < 0.03 and abs(z.var() - 1.0 / 3.0) < 0.02
     assert z.min() < -0.99 and z.max() > 0.99  # the whole range, not a narrower one
@@ -414,7 +414,7 @@ out = {"devices": len(jax.devices())}
 for prior in ("uniform", "gaussian"):
     draw = jax.jit(make_step_functions(sem.tiny_config(prior=prior), mesh).draw,
                    static_argnums=1)
-    z = draw(jax.random.PRNGKey(1), 512)["z"]
+    z = draw(jax.random.key(1), 512)["z"]
     out[prior] = {"split": z.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 2),
                   "shard_rows": sorted(s.data.shape[0] for s in z.addressable_shards),
                   "min": float(z.min()), "max": float(z.max())}
@@ -445,7 +445,7 @@ def _tiny_state(step):
     return TrainState(step=jnp.asarray(step, jnp.int32), params={"G": {"w": jnp.full((2,), step,
                                                                                 jnp.float32)}},
                       model_state={}, opt_state={}, ema_params={}, probe={},
-                      rng=jax.random.PRNGKey(0))
+                      rng=jax.random.key_data(jax.random.key(0)))
 
 
 @pytest.mark.parametrize("keep_last,keep_every,saved,kept", [

@@ -29,7 +29,7 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
         host = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
         return jax.make_array_from_callback(host.shape, rep, lambda index: host[index])
 
-    return jax.tree_util.tree_map(leaf, tree)
+    return jax.tree.map(leaf, tree)
 
 
 class ShardedFn:
@@ -54,7 +54,7 @@ class ShardedFn:
     def __call__(self, args: Any, batch: Any) -> Any:
         """``args``: replicated arrays (see ``replicate``); ``batch``: host arrays whose leading
         axis is the batch, identical on every process. Returns numpy, trimmed to the batch."""
-        leaves = jax.tree_util.tree_leaves(batch)
+        leaves = jax.tree.leaves(batch)
         b, n = leaves[0].shape[0], self.mesh.devices.size
         if b % n and not self.rows_independent:
             return self._unwrap(self._fn(args, replicate(batch, self.mesh)), b)
@@ -70,12 +70,12 @@ class ShardedFn:
             return x[rows]
 
         out = self._fn(args, sharding.global_batch_from_local(
-            jax.tree_util.tree_map(local, batch), self.mesh))
+            jax.tree.map(local, batch), self.mesh))
         return self._unwrap(out, b)
 
     def _unwrap(self, out: Any, b: int) -> Any:
         end = b if self.per_row_output else None
-        return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))[:end], out)
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[:end], out)
 
 
 def one_answer(value: bool) -> bool:

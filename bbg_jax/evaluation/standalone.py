@@ -21,9 +21,9 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
     """The train state of ``step`` (latest when None) in WORKDIR/checkpoints, replicated over
     every process's devices (the evaluation mesh), whatever the devices of the run that wrote it."""
     rep = sharding.replicated(sharding.make_mesh())
-    abstract = jax.tree_util.tree_map(
+    abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-        jax.eval_shape(lambda: create_train_state(config, jax.random.PRNGKey(config.train.seed))))
+        jax.eval_shape(lambda: create_train_state(config, jax.random.key(config.train.seed))))
     return checkpoint.restore_state(workdir, abstract, step)
 
 

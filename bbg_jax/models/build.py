@@ -130,10 +130,10 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array, batch: int
 
 def abstract_variables(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Shapes and dtypes of every network's variables, without allocating them."""
-    return jax.eval_shape(lambda: init_variables(config, jax.random.PRNGKey(0), batch=1))
+    return jax.eval_shape(lambda: init_variables(config, jax.random.key(0), batch=1))
 
 
 def count_params(variables: Any) -> int:
     """Number of trainable parameters (the ``params`` collection only)."""
     params = variables["params"] if "params" in variables else variables
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -352,7 +352,7 @@ def orthogonal_regularizer(params: Any, exclude: Sequence[str] = ("embed",)) -> 
     (class/label embeddings, as BigGAN-PyTorch exempts its shared embedding) are skipped.
     """
     total = jnp.zeros((), jnp.float32)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    for path, leaf in jax.tree.flatten_with_path(params)[0]:
         if _is_regularised(path, leaf, exclude):
             w = leaf.reshape(-1, leaf.shape[-1]).astype(jnp.float32)
             gram = w.T @ w

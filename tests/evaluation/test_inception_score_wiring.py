@@ -38,7 +38,7 @@ def test_is_from_the_same_samples_as_fid(tmp_path):
         seen.append(np.asarray(f))
         return f
 
-    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     ev = evaluators.FIDEvaluator(config, str(tmp_path), evaluators.dataset_batches(config, 20),
                                  features=features)
     out, _ = ev.run(state)

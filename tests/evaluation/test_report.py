@@ -25,7 +25,7 @@ def _smoke_checkpoint(tmp_path):
     config.eval.probe.epochs = 2
     config.eval.probe.max_train = 64
     workdir = str(tmp_path)
-    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.PRNGKey(0))
+    state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     state = state.replace(step=state.step + 4)  # as if trained 4 steps
     manager = checkpoint.make_manager(workdir, config)
     checkpoint.save(manager, state, config, {"data_batch": 0})
@@ -101,6 +101,6 @@ def test_random_encoder_statistics_are_calibrated_on_data():
     batches = evaluators.dataset_batches(config, 16)("train", 64)
     variables = report.random_encoder_variables(config, batches, seed=3)
     means = [np.abs(np.asarray(x)).max() for p, x in
-             jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
+             jax.tree.flatten_with_path(variables["batch_stats"])[0]
              if p[-1].key == "mean"]
     assert max(means) > 0  # moved from the zero initialisation

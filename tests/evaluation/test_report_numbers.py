@@ -157,7 +157,7 @@ def make_state(informative, ema_generator, raw_generator):
                 "D": {}},
         model_state={"G": {"batch_stats": {"mean": jnp.zeros((PIXELS,))}}, "E": {}},
         opt_state={}, ema_params={"G": generator_params(ema_generator)}, probe={},
-        rng=jax.random.PRNGKey(0))
+        rng=jax.random.key_data(jax.random.key(0)))
 
 
 def run_report(tmp_path, monkeypatch, state):

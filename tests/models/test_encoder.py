@@ -24,7 +24,7 @@ BATCH = 4
 
 
 def n_params(tree) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
 def abstract_variables(model: Encoder, shape=(1, 256, 256, 3)):
@@ -50,7 +50,7 @@ def filled_variables(model: Encoder, shape, seed: int = 0):
             value = np.zeros(leaf.shape)
         return jnp.asarray(value, leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(fill, abstract_variables(model, shape))
+    return jax.tree.map_with_path(fill, abstract_variables(model, shape))
 
 
 def images(shape, seed: int = 1):
@@ -89,7 +89,7 @@ def test_trunk_param_count(trunk, width, expected):
     assert n_params(variables["params"]["trunk"]) == expected
     # BN running statistics are state, not parameters, and E has no spectral norm.
     assert set(variables) == {"params", "batch_stats"}
-    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
 
 
 def test_head_param_count():
@@ -136,7 +136,7 @@ def test_small_root_keeps_resolution_for_small_images(trunk):
             v, jnp.zeros(shape), train=False, noise=jnp.zeros((2, Z_DIM)),
             capture_intermediates=lambda mdl, _: mdl.name == "final_bn",
             mutable=["intermediates"]), v)
-        last_stage[name] = jax.tree_util.tree_leaves(inter)[0].shape
+        last_stage[name] = jax.tree.leaves(inter)[0].shape
     assert last_stage["small"][1:3] == (4, 4) and last_stage["imagenet"][1:3] == (1, 1)
     # Inputs need only be multiples of 8.
     jax.eval_shape(lambda v: small.apply(v, jnp.zeros((2, 24, 40, 1)), train=False,
@@ -240,8 +240,8 @@ def test_train_mode_updates_batch_stats_and_bn_crelu(tiny_setup):
         variables, x, train=True, noise=jnp.zeros((BATCH, Z_DIM)), mutable=["batch_stats"]
     )
     assert set(state) == {"batch_stats"}
-    old = jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
-    new = jax.tree_util.tree_leaves(state["batch_stats"])
+    old = jax.tree.leaves_with_path(variables["batch_stats"])
+    new = jax.tree.leaves(state["batch_stats"])
     assert len(old) == len(new)
     unchanged = [
         jax.tree_util.keystr(p) for (p, a), b in zip(old, new, strict=True) if np.array_equal(a, b)
@@ -310,7 +310,7 @@ def test_reversible_unit_inverse(train):
         return jnp.asarray(value, leaf.dtype)
 
     shapes = jax.eval_shape(lambda: unit.init(jax.random.key(4), x, train=False))
-    variables = jax.tree_util.tree_map_with_path(fill, shapes)
+    variables = jax.tree.map_with_path(fill, shapes)
     y = unit.apply(variables, x, train=train)
     assert y.shape == x.shape
     # The output carries x2 unchanged in its first half and a changed x1 in its second.
@@ -341,7 +341,7 @@ def test_real_init_and_gradients(trunk):
         return jnp.mean(out["z_sample"] ** 2)
 
     grads = jax.jit(jax.grad(loss))(variables["params"])
-    leaves = jax.tree_util.tree_leaves(grads)
+    leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert float(jnp.abs(grads["trunk"]["root_conv"]["kernel"]).max()) > 0
 

@@ -17,7 +17,7 @@ from bbg_jax.models.discriminator import (
 )
 from bbg_jax.models.generator import DEFAULT_Z_DIM, Generator
 
-KEY = jax.random.PRNGKey(0)
+KEY = jax.random.key(0)
 RESOLUTIONS = (32, 64, 128, 256, 512)
 
 
@@ -125,7 +125,7 @@ def test_small_models_run_train_and_eval():
     grads = jax.jit(jax.grad(lambda p: sum(
         jnp.sum(s) for s in d.apply({**d_vars, "params": p}, x, z, train=False).values()
     )))(d_vars["params"])
-    assert all(np.isfinite(np.asarray(t)).all() for t in jax.tree_util.tree_leaves(grads))
+    assert all(np.isfinite(np.asarray(t)).all() for t in jax.tree.leaves(grads))
 
 
 def test_projection_discriminator_uses_labels():

@@ -14,9 +14,9 @@ SMOKE = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.py")
 
 
 def test_normalizer_groups_are_independent_batches():
-    x = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 3, 4)) * 3 + 1
+    x = jax.random.normal(jax.random.key(0), (6, 3, 3, 4)) * 3 + 1
     bn = layers.BatchNorm(groups=3)
-    variables = bn.init(jax.random.PRNGKey(1), x, train=False)
+    variables = bn.init(jax.random.key(1), x, train=False)
     y, new = bn.apply(variables, x, train=True, mutable=["batch_stats"])
     parts = [layers.BatchNorm().apply(variables, x[i:i + 2], train=True,
                                         mutable=["batch_stats"]) for i in (0, 2, 4)]
@@ -32,15 +32,15 @@ def test_normalizer_groups_are_independent_batches():
 @pytest.mark.parametrize("name", ["G", "E"])
 def test_network_with_two_groups_equals_two_half_batches(name):
     config = load_experiment(SMOKE)
-    variables = init_variables(config, jax.random.PRNGKey(0), batch=2)[name]
+    variables = init_variables(config, jax.random.key(0), batch=2)[name]
     grouped = load_experiment(SMOKE)
     grouped.model.bn_groups = 2
     if name == "G":
-        inputs = (jax.random.normal(jax.random.PRNGKey(1), (8, config.model.z_dim)),
+        inputs = (jax.random.normal(jax.random.key(1), (8, config.model.z_dim)),
                   jnp.zeros((8,), jnp.int32))
         kwargs = {}
     else:
-        inputs = (jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3)),)
+        inputs = (jax.random.normal(jax.random.key(1), (8, 32, 32, 3)),)
         kwargs = {"noise": jnp.zeros((8, config.model.z_dim))}
 
     def run(cfg, sl):

@@ -19,14 +19,14 @@ def _apply_sn(module, x, variables, iterations):
 
 @pytest.mark.parametrize("shape", [(64, 32), (3, 3, 16, 24)])
 def test_spectral_norm_matches_numpy_svd(shape):
-    kernel = jax.random.normal(jax.random.PRNGKey(0), shape)
+    kernel = jax.random.normal(jax.random.key(0), shape)
     if len(shape) == 2:
         module = layers.SNDense(shape[-1], kernel_init=lambda *_: kernel)
         x = jnp.ones((2, shape[0]))
     else:
         module = layers.SNConv(shape[-1], kernel_size=3, kernel_init=lambda *_: kernel)
         x = jnp.ones((2, 8, 8, shape[2]))
-    variables = module.init(jax.random.PRNGKey(1), x, train=False)
+    variables = module.init(jax.random.key(1), x, train=False)
     variables = _apply_sn(module, x, variables, iterations=200)
 
     sigma_np = np.linalg.svd(np.asarray(kernel).reshape(-1, shape[-1]), compute_uv=False)[0]
@@ -42,7 +42,7 @@ def test_spectral_norm_matches_numpy_svd(shape):
 def test_spectral_norm_iterates_only_in_training():
     module = layers.SNDense(8)
     x = jnp.ones((2, 4))
-    variables = module.init(jax.random.PRNGKey(0), x, train=False)
+    variables = module.init(jax.random.key(0), x, train=False)
     u0 = variables["spectral"]["sn"]["u"]
     _, state = module.apply(variables, x, train=True, mutable=["spectral"])
     assert not np.allclose(state["spectral"]["sn"]["u"], u0)
@@ -55,8 +55,8 @@ def test_spectral_norm_iterates_only_in_training():
 def test_spectral_norm_gradient_matches_finite_difference():
     # With u fixed, d sigma / dW = v uᵀ: check the whole layer's gradient numerically.
     module = layers.SNDense(3, use_bias=False)
-    x = jax.random.normal(jax.random.PRNGKey(2), (4, 5))
-    variables = module.init(jax.random.PRNGKey(3), x, train=False)
+    x = jax.random.normal(jax.random.key(2), (4, 5))
+    variables = module.init(jax.random.key(3), x, train=False)
 
     def loss(params):
         return jnp.sum(module.apply({**variables, "params": params}, x, train=False) ** 2)
@@ -71,10 +71,10 @@ def test_spectral_norm_gradient_matches_finite_difference():
 
 
 def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
-    x = jax.random.normal(jax.random.PRNGKey(0), (16, 4, 4, 8)) * 3 + 1
-    cond = jax.random.normal(jax.random.PRNGKey(1), (16, 20))
+    x = jax.random.normal(jax.random.key(0), (16, 4, 4, 8)) * 3 + 1
+    cond = jax.random.normal(jax.random.key(1), (16, 20))
     cbn = layers.ConditionalBatchNorm(eps=1e-4)
-    variables = cbn.init(jax.random.PRNGKey(2), x, cond, train=False)
+    variables = cbn.init(jax.random.key(2), x, cond, train=False)
     y, state = jax.jit(functools.partial(cbn.apply, train=True, mutable=["batch_stats"]))(
         variables, x, cond)
 
@@ -83,7 +83,7 @@ def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
     np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-4), atol=1e-4)
 
     bn = layers.BatchNorm(eps=1e-4)
-    bn_vars = bn.init(jax.random.PRNGKey(2), x, train=False)
+    bn_vars = bn.init(jax.random.key(2), x, train=False)
     y_bn, _ = jax.jit(functools.partial(bn.apply, train=True, mutable=["batch_stats"]))(
         bn_vars, x)
     np.testing.assert_allclose(y, y_bn, atol=1e-6)
@@ -95,12 +95,12 @@ def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
 
 
 def test_conditional_bn_gain_and_bias_follow_condition():
-    x = jax.random.normal(jax.random.PRNGKey(0), (6, 2, 2, 3))
-    cond = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+    x = jax.random.normal(jax.random.key(0), (6, 2, 2, 3))
+    cond = jax.random.normal(jax.random.key(1), (6, 5))
     cbn = layers.ConditionalBatchNorm()
-    variables = cbn.init(jax.random.PRNGKey(2), x, cond, train=False)
-    wg = jax.random.normal(jax.random.PRNGKey(3), (5, 3))
-    wb = jax.random.normal(jax.random.PRNGKey(4), (5, 3))
+    variables = cbn.init(jax.random.key(2), x, cond, train=False)
+    wg = jax.random.normal(jax.random.key(3), (5, 3))
+    wb = jax.random.normal(jax.random.key(4), (5, 3))
     params = {"gamma": {"kernel": wg}, "beta": {"kernel": wb}}
     y = cbn.apply({**variables, "params": params}, x, cond, train=False)
     # Evaluation mode: running statistics (mean 0, var 1 at init).
@@ -111,24 +111,24 @@ def test_conditional_bn_gain_and_bias_follow_condition():
 
 
 def test_self_attention_is_identity_at_init_and_not_after():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 16))
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
     attn = layers.SelfAttention()
-    variables = jax.jit(functools.partial(attn.init, train=False))(jax.random.PRNGKey(1), x)
+    variables = jax.jit(functools.partial(attn.init, train=False))(jax.random.key(1), x)
     apply = jax.jit(functools.partial(attn.apply, train=False))
     np.testing.assert_array_equal(apply(variables, x), x)
     params = {**variables["params"], "gamma": jnp.asarray(0.5)}
     y = apply({**variables, "params": params}, x)
     assert float(jnp.max(jnp.abs(y - x))) > 1e-3
-    shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
+    shapes = jax.tree.map(jnp.shape, variables["params"])
     assert shapes["theta"]["kernel"] == (1, 1, 16, 2)
     assert shapes["g"]["kernel"] == (1, 1, 16, 8)
     assert shapes["out"]["kernel"] == (1, 1, 8, 16)
 
 
 def test_dot_product_attention_equals_the_explicit_softmax():
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 32))
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 32))
     fused = layers.SelfAttention(impl="dot_product")
-    variables = fused.init(jax.random.PRNGKey(1), x, train=False)
+    variables = fused.init(jax.random.key(1), x, train=False)
     params = {**variables["params"], "gamma": jnp.asarray(0.7)}
     variables = {**variables, "params": params}
     a = fused.apply(variables, x, train=False)
@@ -156,12 +156,12 @@ def test_dot_product_attention_equals_the_explicit_softmax():
 
 def test_orthogonal_init_and_regularizer():
     dense = layers.SNDense(16, spectral_norm=False)
-    variables = dense.init(jax.random.PRNGKey(0), jnp.ones((1, 32)), train=False)
+    variables = dense.init(jax.random.key(0), jnp.ones((1, 32)), train=False)
     w = variables["params"]["kernel"]
     np.testing.assert_allclose(w.T @ w, np.eye(16), atol=1e-5)
     assert float(layers.orthogonal_regularizer(variables["params"])) < 1e-8
 
-    w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
     params = {"conv": {"kernel": w, "bias": jnp.ones(5)}, "embed": {"kernel": w}}
     m = np.asarray(w).reshape(-1, 5)
     gram = m.T @ m
@@ -173,18 +173,18 @@ def test_orthogonal_init_and_regularizer():
 def test_residual_mlp_shapes_and_skip():
     mlp = layers.ResidualMLP(depth=3, width=8)
     x = jnp.ones((2, 5))
-    variables = mlp.init(jax.random.PRNGKey(0), x, train=False)
+    variables = mlp.init(jax.random.key(0), x, train=False)
     assert mlp.apply(variables, x, train=False).shape == (2, 8)
     assert sorted(variables["params"]) == ["dense_0", "dense_1", "dense_2"]
     with pytest.raises(ValueError, match="depth"):
-        layers.ResidualMLP(depth=0, width=8).init(jax.random.PRNGKey(0), x)
+        layers.ResidualMLP(depth=0, width=8).init(jax.random.key(0), x)
 
 
 def test_parameters_and_state_stay_float32_in_bfloat16():
     conv = layers.SNConv(8, dtype=jnp.bfloat16)
     x = jnp.ones((1, 4, 4, 3))
-    variables = conv.init(jax.random.PRNGKey(0), x, train=False)
+    variables = conv.init(jax.random.key(0), x, train=False)
     y, state = conv.apply(variables, x, train=True, mutable=["spectral"])
     assert y.dtype == jnp.bfloat16
-    for leaf in jax.tree_util.tree_leaves((variables, state)):
+    for leaf in jax.tree.leaves((variables, state)):
         assert leaf.dtype == jnp.float32

@@ -16,15 +16,15 @@ SMOKE = str(Path(__file__).resolve().parents[2] / "experiments" / "smoke.py")
 
 def _grads(config, name):
     model = build_models(config)[name]
-    variables = init_variables(config, jax.random.PRNGKey(0), batch=4)[name]
-    inputs = [jax.random.normal(jax.random.PRNGKey(i + 1), x.shape) if x.dtype == jnp.float32
+    variables = init_variables(config, jax.random.key(0), batch=4)[name]
+    inputs = [jax.random.normal(jax.random.key(i + 1), x.shape) if x.dtype == jnp.float32
               else x for i, x in enumerate(example_inputs(config, 4)[name])]
     kwargs = {"noise": jnp.ones((4, config.model.z_dim))} if name == "E" else {}
 
     def loss(params):
         out, new_state = model.apply({**variables, "params": params}, *inputs, train=True,
                                      mutable=["batch_stats", "spectral"], **kwargs)
-        leaves = jax.tree_util.tree_leaves(out)
+        leaves = jax.tree.leaves(out)
         return sum(jnp.sum(jnp.sin(x)) for x in leaves), new_state
 
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
@@ -36,7 +36,7 @@ def test_remat_matches_stored_activations(name):
     plain, remat = load_experiment(SMOKE), load_experiment(SMOKE)
     remat.model.remat = (name,)
     (g0, s0), (g1, s1) = _grads(plain, name), _grads(remat, name)
-    for a, b in zip(jax.tree_util.tree_leaves((g0, s0)), jax.tree_util.tree_leaves((g1, s1)),
+    for a, b in zip(jax.tree.leaves((g0, s0)), jax.tree.leaves((g1, s1)),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -21,7 +21,7 @@ def _grads_and_stats(train: bool, reversible: bool):
         out = model.apply({**variables, "params": params}, X, train=train, noise=NOISE,
                           mutable=["batch_stats"] if train else False)
         out, new_state = out if train else (out, {})
-        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree_util.tree_leaves(out)), new_state
+        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(out)), new_state
 
     return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
@@ -29,8 +29,8 @@ def _grads_and_stats(train: bool, reversible: bool):
 @pytest.mark.parametrize("train", [True, False])
 def test_reversible_backprop_matches_ordinary_backprop(train):
     plain, reversible = _grads_and_stats(train, False), _grads_and_stats(train, True)
-    assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(reversible)
-    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(reversible),
+    assert jax.tree.structure(plain) == jax.tree.structure(reversible)
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(reversible),
                     strict=True):
         # Only the reconstruction x1 = (x1 + F) - F rounds differently.
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))
