@@ -3,30 +3,32 @@ evaluations (WORKDIR/eval/step_*/report.json), and optionally the test accuracy 
 baselines as horizontal lines.
 
     .venv/bin/pip install -e '.[docs]'   # matplotlib: this figure only, never the library
-    .venv/bin/python scripts/plot_learning_curve.py WORKDIR docs/learning_curve.png \
+    .venv/bin/python scripts/plot_learning_curve.py --workdir=WORKDIR --out=docs/learning_curve.png \
         [--baselines WORKDIR/report.json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from types import SimpleNamespace
 
 import matplotlib
+from absl import app, flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bbg_jax.evaluation import standalone  # noqa: E402
 
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
+_OUT = flags.DEFINE_string("out", None, "The figure's file (e.g. curve.png).")
+_BASELINES = flags.DEFINE_string("baselines", None, "A report.json whose baseline rows to draw.")
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir")
-    parser.add_argument("out")
-    parser.add_argument("--baselines", help="a report.json whose baseline rows to draw")
-    args = parser.parse_args()
+
+def main(argv) -> None:
+    del argv
+    args = SimpleNamespace(workdir=_WORKDIR.value, out=_OUT.value, baselines=_BASELINES.value)
     reports = standalone.periodic_reports(args.workdir)
     if not reports:
         raise SystemExit(f"no evaluations under {args.workdir}/eval/step_*/report.json")
@@ -70,4 +72,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.mark_flags_as_required(["workdir", "out"])
+    app.run(main)

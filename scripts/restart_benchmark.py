@@ -10,7 +10,6 @@ Evaluation is off: the figure is the train step's compile against its cache load
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,6 +18,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,11 +39,13 @@ def _run(config: str, workdir: str, steps: int, cache: str) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/smoke.py")
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
+_CONFIG = flags.DEFINE_string("config", "experiments/smoke.py", "Experiment config file.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Training steps per run.")
+
+
+def main(argv) -> None:
+    del argv
+    args = SimpleNamespace(config=_CONFIG.value, steps=_STEPS.value)
     for mode in ("cache", "no_cache"):
         with tempfile.TemporaryDirectory() as tmp:
             workdir = os.path.join(tmp, "run")
@@ -55,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

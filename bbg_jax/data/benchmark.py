@@ -12,12 +12,12 @@ step: cores = batch / (step_time x per-core rate).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 
 from bbg_jax.data import augment
 
@@ -56,13 +56,16 @@ def throughput(jpegs: list[bytes], threads: int, seconds: float, batch: int = 64
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=256, help="distinct synthetic JPEGs")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per measurement")
-    parser.add_argument("--batch", type=int, default=2048, help="accelerator global batch")
-    parser.add_argument("--step_time", type=float, default=1.0, help="accelerator s/step")
-    args = parser.parse_args()
+def _define_flags() -> None:
+    flags.DEFINE_integer("images", 256, "Distinct synthetic JPEGs.")
+    flags.DEFINE_float("seconds", 15.0, "Seconds per measurement.")
+    flags.DEFINE_integer("batch", 2048, "Accelerator global batch.")
+    flags.DEFINE_float("step_time", 1.0, "Accelerator seconds per step.")
+
+
+def main(argv) -> None:
+    del argv
+    args = flags.FLAGS
     cores = os.cpu_count() or 1
     jpegs = synthetic_jpegs(args.images)
     print(f"{len(jpegs)} synthetic JPEGs 500x375, mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f}"
@@ -78,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)
