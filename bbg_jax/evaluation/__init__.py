@@ -9,7 +9,9 @@ weights load only when used):
   probe                frozen-E features and the linear probe
   generation           sampling G: EMA/raw weights, batch/standing BN statistics
   png, sheets          a numpy+zlib PNG writer; sample/reconstruction/interpolation sheets
-  config               the ``eval`` config section
-  evaluators           ``run(state) -> (metrics, images)`` evaluators and their builder
+  sharded              run a function over every device's rows of an evaluation batch
+  config               the ``eval`` config section: shared fields and one section per evaluator
+  evaluators           ``run(state) -> (metrics, images)`` evaluators and their ``REGISTRY``
   standalone           evaluate a checkpoint, write report.json and PNGs, track the best probe
+  report               the run report: baselines, probes, FID first/last, reconstructions
 """
