@@ -3,7 +3,7 @@
 Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps=N ...]
            (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
               after scripts/setup.sh)
-Hardware:  a 2-core CPU: ~1.9 s per step, 27.8 min end to end with evaluation and report
+Hardware:  a 2-core CPU: ~1.9 s per step, 27.0 min end to end with set-up, evaluation and report
            (measured; README). The script splits the batch over 2 simulated host devices
            (XLA_FLAGS), and train.conv_weight_grad=auto computes conv weight gradients as
            einsums on CPU.
