@@ -3,8 +3,8 @@ evaluations (WORKDIR/eval/step_*/report.json), and optionally the test accuracy 
 baselines as horizontal lines.
 
     .venv/bin/pip install -e '.[docs]'   # matplotlib: this figure only, never the library
-    .venv/bin/python scripts/plot_learning_curve.py --workdir=WORKDIR --out=docs/learning_curve.png \
-        [--baselines WORKDIR/report.json]
+    .venv/bin/python scripts/plot_learning_curve.py --workdir=WORKDIR \
+        --out=docs/learning_curve.png [--baselines=WORKDIR/report.json]
 """
 
 from __future__ import annotations
