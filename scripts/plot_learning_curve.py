@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from types import SimpleNamespace
 
 import matplotlib
 from absl import app, flags
@@ -28,10 +27,9 @@ _BASELINES = flags.DEFINE_string("baselines", None, "A report.json whose baselin
 
 def main(argv) -> None:
     del argv
-    args = SimpleNamespace(workdir=_WORKDIR.value, out=_OUT.value, baselines=_BASELINES.value)
-    reports = standalone.periodic_reports(args.workdir)
+    reports = standalone.periodic_reports(_WORKDIR.value)
     if not reports:
-        raise SystemExit(f"no evaluations under {args.workdir}/eval/step_*/report.json")
+        raise SystemExit(f"no evaluations under {_WORKDIR.value}/eval/step_*/report.json")
     steps = [r["step"] for r in reports]
     fid_keys = sorted({k for r in reports for k in r["metrics"] if k.startswith("fid_")})
     # A run evaluated without the FID evaluator gets the probe panel only.
@@ -44,8 +42,8 @@ def main(argv) -> None:
         pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
         if pts:
             acc_ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    if args.baselines:
-        with open(args.baselines) as f:
+    if _BASELINES.value:
+        with open(_BASELINES.value) as f:
             rows = json.load(f)["probe"]
         for row, style in (("raw_pixels", ":"), ("random_encoder_avepool", "--"),
                            ("random_encoder_bn_crelu", "-.")):
@@ -64,11 +62,11 @@ def main(argv) -> None:
         fid_ax.set_ylabel("FID")
         fid_ax.legend(fontsize=7)
         fid_ax.grid(alpha=0.3)
-    fig.suptitle(f"BigBiGAN on Fashion-MNIST: {os.path.basename(args.workdir.rstrip('/'))}, "
+    fig.suptitle(f"BigBiGAN on Fashion-MNIST: {os.path.basename(_WORKDIR.value.rstrip('/'))}, "
                  f"steps {steps[0]}-{steps[-1]}")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(args.out)
+    fig.savefig(_OUT.value, dpi=110)
+    print(_OUT.value)
 
 
 if __name__ == "__main__":

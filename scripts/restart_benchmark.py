@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from absl import app, flags
 
@@ -45,15 +44,14 @@ _STEPS = flags.DEFINE_integer("steps", 3, "Training steps per run.")
 
 def main(argv) -> None:
     del argv
-    args = SimpleNamespace(config=_CONFIG.value, steps=_STEPS.value)
     for mode in ("cache", "no_cache"):
         with tempfile.TemporaryDirectory() as tmp:
             workdir = os.path.join(tmp, "run")
             cache = "WORKDIR/compilation_cache" if mode == "cache" else ""
-            first = _run(args.config, workdir, args.steps, cache)
-            restart = _run(args.config, workdir, 2 * args.steps, cache)
-        print(json.dumps({"config": args.config, "mode": mode, "first_start_s": round(first, 1),
-                          "restart_s": round(restart, 1), "steps_per_start": args.steps,
+            first = _run(_CONFIG.value, workdir, _STEPS.value, cache)
+            restart = _run(_CONFIG.value, workdir, 2 * _STEPS.value, cache)
+        print(json.dumps({"config": _CONFIG.value, "mode": mode, "first_start_s": round(first, 1),
+                          "restart_s": round(restart, 1), "steps_per_start": _STEPS.value,
                           "machine": f"{platform.machine()} {os.cpu_count()} cores"}),
               flush=True)
 
