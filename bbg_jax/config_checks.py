@@ -342,6 +342,11 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
     check_str("eval.fid.inception_logits_head", _get(fid, "inception_logits_head", None),
               optional=True)
 
+    dg = ev.diagnostics
+    check_int("eval.diagnostics.num_samples", _get(dg, "num_samples"), 2,
+              "a correlation needs two samples")
+    check_int("eval.diagnostics.num_images", _get(dg, "num_images"), 1)
+
     pr = ev.probe
     check_int("eval.probe.epochs", _get(pr, "epochs"), 1)
     check_int("eval.probe.batch_size", _get(pr, "batch_size"), 1)

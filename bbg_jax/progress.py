@@ -112,8 +112,8 @@ class Progress:
 
 
 def evaluation_summary(step: int, metrics: Mapping[str, float], seconds: float) -> str:
-    """One line per evaluation: FID, IS and the linear probes' test top-1 (the full set is in
-    WORKDIR/eval/step_N/report.json)."""
+    """One line per evaluation: FID, IS, the linear probes' test top-1 and the headline coupling
+    diagnostics (the full set is in WORKDIR/eval/step_N/report.json)."""
     parts = []
     for name in sorted(metrics):
         value = metrics[name]
@@ -121,5 +121,7 @@ def evaluation_summary(step: int, metrics: Mapping[str, float], seconds: float) 
             parts.append(f"{name} {value:.2f}")
         elif name.startswith("probe_top1_") and name.endswith("_test"):
             parts.append(f"{name} {value:.1%}")
+        elif name in ("latent_recovery_corr_raw", "recon_agreement_pixel_raw"):
+            parts.append(f"{name} {value:.3f}")
     shown = "  ".join(parts) if parts else "sheets written"
     return f"eval at step {step} ({seconds:.0f} s): {shown}"

@@ -42,12 +42,34 @@ def main(paths: list[str]) -> None:
               f"{mean_std([f['first'][name] for f in fid])} | |")
         print(f"| {name}, last evaluation (step {fid[0]['last']['step']}) | | "
               f"{mean_std([f['last'][name] for f in fid])} | |")
-    rc = [r["reconstruction_class_agreement"] for r in reports]
-    print(f"| reconstruction class agreement (chance {reports[0]['chance']:.2f}) | | "
-          f"{mean_std([x['agreement'] for x in rc])} | |")
-    print(f"| reconstructions' accuracy | | "
-          f"{mean_std([x['accuracy_reconstruction'] for x in rc])} | |")
+    margins = [r["margin_over_random_encoder"]["bn_crelu_test"] for r in reports]
+    spread = max(np.std([r["probe"][row]["top1_test"] for r in reports], ddof=1)
+                 if len(reports) > 1 else 0.0
+                 for row in ("bigbigan_bn_crelu", "random_encoder_bn_crelu"))
+    print(f"| margin of bigbigan bn crelu over the random encoder | | {mean_std(margins)} "
+          f"({np.mean(margins) / spread if spread else float('inf'):.1f} × the larger seed std "
+          f"of the two rows) | |")
+    first, last = ([r["diagnostics"][w] for r in reports] for w in ("first", "last"))
+    for name, label in DIAGNOSTICS:
+        for when, diags in (("first", first), ("last", last)):
+            values = [d[name] for d in diags if name in d]
+            if values:
+                print(f"| {label}, {when} evaluation (step {diags[0]['step']}) | | "
+                      f"{mean_std(values)} | |")
+    print(f"\nchance {reports[0]['chance']:.2f}")
 
+
+# report.json "diagnostics" entries -> table labels (bbg_jax.evaluation.diagnostics).
+DIAGNOSTICS = [
+    ("latent_recovery_corr_raw", "latent recovery corr, raw G"),
+    ("latent_recovery_corr_ema", "latent recovery corr, EMA G"),
+    ("encoder_z_stdev_mean", "E's mean z_stdev"),
+    ("score_gap_xz", "s_xz gap (encoder - generator pairs)"),
+    ("recon_agreement_pixel_raw", "reconstruction agreement, pixel judge, raw G"),
+    ("recon_agreement_pixel_ema", "reconstruction agreement, pixel judge, EMA G"),
+    ("recon_agreement_probe_raw", "reconstruction agreement, probe judge, raw G"),
+    ("recon_agreement_probe_ema", "reconstruction agreement, probe judge, EMA G"),
+]
 
 if __name__ == "__main__":
     main(sys.argv[1:])

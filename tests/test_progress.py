@@ -63,11 +63,14 @@ def test_step_rate_goes_to_tensorboard(monkeypatch):
         assert scalars == {"steps_per_sec": 2.0}
 
 
-def test_evaluation_summary_shows_fid_is_and_test_probes_only():
+def test_evaluation_summary_shows_fid_is_test_probes_and_the_coupling_only():
     line = progress.evaluation_summary(250, {
         "fid_500_ema_standing_eval": 156.84, "is_500_ema_standing": 3.2,
         "is_500_ema_standing_std": 0.1, "probe_top1_bn_crelu_test": 0.7412,
-        "probe_top1_bn_crelu_trainval": 0.75, "probe_l2_bn_crelu": 1e-4}, 95.4)
+        "probe_top1_bn_crelu_trainval": 0.75, "probe_l2_bn_crelu": 1e-4,
+        "latent_recovery_corr_raw": 0.1234, "latent_recovery_corr_ema": 0.2,
+        "recon_agreement_pixel_raw": 0.351, "recon_agreement_probe_raw": 0.4}, 95.4)
     assert line == ("eval at step 250 (95 s): fid_500_ema_standing_eval 156.84  "
-                    "is_500_ema_standing 3.20  probe_top1_bn_crelu_test 74.1%")
+                    "is_500_ema_standing 3.20  latent_recovery_corr_raw 0.123  "
+                    "probe_top1_bn_crelu_test 74.1%  recon_agreement_pixel_raw 0.351")
     assert progress.evaluation_summary(3, {}, 2.0) == "eval at step 3 (2 s): sheets written"

@@ -14,14 +14,15 @@ from __future__ import annotations
 import ml_collections
 
 # The names each field accepts (bbg_jax.config_checks checks them before a run starts).
-EVALUATORS = ("samples", "fid", "probe")
+EVALUATORS = ("samples", "fid", "probe", "diagnostics")
 FID_SPLITS = ("train", "eval")
 PROBE_PARAMS = ("raw", "ema")
 
 
 def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
     """Fields shared by the evaluators:
-      evaluators: the evaluators of this run, from ("samples", "fid", "probe"): those run by
+      evaluators: the evaluators of this run, from ("samples", "fid", "probe", "diagnostics"):
+        those run by
         ``--mode=eval``, and during training those whose ``every_steps`` is not 0.
       seed: fixed z, fixed real batch and sampling noise derive from it (sheets are comparable
         across steps).
@@ -47,6 +48,9 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
         learning_rate, l2_grid; max_train limits the training examples whose features are
         extracted (None = all); params: "raw" or "ema" encoder weights ("ema" needs
         train.ema_encoder=True).
+      diagnostics.*: the encoder-generator coupling (bbg_jax.evaluation.diagnostics): latent
+        recovery on num_samples fresh z, reconstructions of the first num_images evaluation
+        images (models with an encoder only).
     """
     c = ml_collections.ConfigDict()
     c.evaluators = EVALUATORS
@@ -65,6 +69,8 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
         every_steps=0, epochs=30, batch_size=256, learning_rate=1e-3,
         l2_grid=(0.0, 1e-5, 1e-4, 1e-3, 1e-2),
         max_train=ml_collections.FieldReference(None, field_type=int), params="raw"))
+    c.diagnostics = ml_collections.ConfigDict(dict(every_steps=0, num_samples=1000,
+                                                   num_images=2000))
     return c
 
 

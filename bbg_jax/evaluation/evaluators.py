@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from bbg_jax import paths
-from bbg_jax.evaluation import generation, metrics, probe, sheets
+from bbg_jax.evaluation import diagnostics, generation, metrics, probe, sheets
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
@@ -260,6 +260,9 @@ REGISTRY: dict[str, Builder] = {
     "fid": lambda config, workdir, batches: FIDEvaluator(config, workdir, batches),
     "probe": lambda config, workdir, batches: (ProbeEvaluator(config, batches, workdir)
                                                if "E" in build_models(config) else None),
+    "diagnostics": lambda config, workdir, batches: (
+        diagnostics.Diagnostics(config, workdir, batches)
+        if "E" in build_models(config) else None),
 }
 
 

@@ -8,10 +8,11 @@ Writes DIR/report.json (and prints its table) for a trained BigBiGAN checkpoint:
   the baseline is not handicapped by uncalibrated normalisation), and BigBiGAN's ``avepool_feat``
   and ``bn_crelu_feat``: top-1/top-5 on train_val and on the evaluation split;
 * FID at the first and the last periodic evaluation up to the step (DIR/eval/step_*/);
-* reconstruction class agreement: the BigBiGAN probe (the feature the train_val accuracy picks)
-  classifies each evaluation image x and its reconstruction G(E(x)) (z_mean, the evaluated
-  generator and BN mode); the fraction of equal predictions, and the reconstructions' accuracy
-  against the true labels.
+* the margin of BigBiGAN's features over the random-weight encoder's (test and train_val top-1);
+* the coupling diagnostics (``bbg_jax.evaluation.diagnostics``: latent recovery, E's posterior
+  scale, D's score gap, reconstruction class agreement with the raw and the EMA G judged by a
+  raw-pixel classifier and by the BigBiGAN probe) at the first and the last periodic evaluation,
+  measured here when the evaluation at the step did not run them.
 
 Features of the fixed baselines (pixels, random encoder) are cached in DIR/features/ (they do not
 change between steps); the trained encoder's features are those the probe evaluator kept when it
@@ -30,9 +31,8 @@ import numpy as np
 from absl import app, flags
 
 from bbg_jax import console, paths
+from bbg_jax.evaluation import diagnostics, probe, standalone
 from bbg_jax.evaluation import evaluators as evaluators_lib
-from bbg_jax.evaluation import generation, probe, standalone
-from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
 from bbg_jax.models.build import example_inputs
 
@@ -111,43 +111,15 @@ def fid_first_last(workdir: str, up_to: int | None = None) -> dict:
             "all": {str(s): f for s, f in found}}
 
 
-def reconstruction_agreement(config, state, classifier: probe.ProbeResult, feature_key: str,
-                             batches) -> dict:
-    """Probe predictions on x vs on G(E(x)) for every evaluation image."""
-    ev = evaluators_lib.eval_section(config)
-    E = build_models(config)["E"]
-    sampler = generation.Sampler(config)
-    e_vars = replicate({"params": state.params["E"], **state.model_state["E"]}, sampler.mesh)
-    sample = sampler.bind(state, ev.generator, ev.bn_stats, jax.random.key(ev.seed + 1),
-                          ev.standing_batches, ev.batch_size)
-    res_e = config.model.encoder.resolution
-    z_dim = config.model.z_dim
-
-    forward = ShardedFn(lambda variables, x: E.apply(
-        variables, x, train=False, noise=jnp.zeros((x.shape[0], z_dim))), sampler.mesh)
-
-    def encode(x):
-        return forward(e_vars, np.asarray(x))
-
-    def predict(feat):
-        return np.argmax(np.asarray(feat) @ classifier.weights + classifier.bias, -1)
-
-    same, correct_x, correct_r, n = 0, 0, 0, 0
-    for b in batches:
-        out = encode(b["image_e"])
-        recon = sample(out["z_mean"], None)
-        if recon.shape[1] != res_e:  # G's resolution differs from E's: resize as the data does
-            recon = jax.image.resize(recon, (recon.shape[0], res_e, res_e, recon.shape[3]),
-                                     "bilinear")
-        p_x, p_r = predict(out[feature_key]), predict(encode(recon)[feature_key])
-        label = np.asarray(b["label"])
-        same += int(np.sum(p_x == p_r))
-        correct_x += int(np.sum(p_x == label))
-        correct_r += int(np.sum(p_r == label))
-        n += len(label)
-    return {"agreement": same / n, "accuracy_x": correct_x / n, "accuracy_reconstruction":
-            correct_r / n, "num_images": n, "feature": feature_key,
-            "generator": ev.generator, "bn_stats": ev.bn_stats, "latent": "z_mean"}
+def diagnostics_first_last(workdir: str, up_to: int) -> dict:
+    """The coupling diagnostics (``bbg_jax.evaluation.diagnostics``) of the first and the last
+    periodic evaluation at or before ``up_to``: {"first": {"step": s, ...}, "last": ...}."""
+    found = [{"step": r["step"], **{k: v for k, v in r["metrics"].items()
+                                    if k in diagnostics.METRIC_PREFIXES or
+                                    k.startswith(diagnostics.METRIC_PREFIXES)}}
+             for r in standalone.periodic_reports(workdir) if r["step"] <= up_to]
+    found = [f for f in found if len(f) > 1]
+    return {"first": found[0], "last": found[-1]} if found else {}
 
 
 def build_report(workdir: str, step: int | None = None, batches_fn=None,
@@ -200,11 +172,17 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         random_features, fixed(f"random_encoder_seed{random_seed}")))
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
     settings = evaluators_lib.probe_settings(ev)
-    rows, fitted = timed("probes", lambda: probe_table(features, num_classes, settings))
+    rows, _ = timed("probes", lambda: probe_table(features, num_classes, settings))
 
-    best = max(("bigbigan_avepool", "bigbigan_bn_crelu"), key=lambda r: rows[r]["top1_trainval"])
-    recon = timed("reconstruction_agreement", lambda: reconstruction_agreement(
-        config, state, fitted[best], ROWS[best][1], batches_fn("eval", None)))
+    diag = diagnostics_first_last(workdir, step)
+    if diag.get("last", {}).get("step") != step:  # the evaluation at this step had none
+        measured, _ = timed("diagnostics", lambda: diagnostics.Diagnostics(
+            config, workdir, batches_fn).run(state))
+        diag = {"first": diag.get("first", {"step": step, **measured}),
+                "last": {"step": step, **measured}}
+    margin = {f"{feature}_{split}": rows[f"bigbigan_{feature}"][f"top1_{split}"]
+              - rows[f"random_encoder_{feature}"][f"top1_{split}"]
+              for feature in ("avepool", "bn_crelu") for split in ("trainval", "test")}
     report = {
         "step": step,
         "probe": rows,
@@ -213,7 +191,8 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
                            "l2_grid": list(settings.l2_grid), "max_train": max_train,
                            "selected_on": "trainval", "test_split": config.data.eval_split},
         "fid": fid_first_last(workdir, up_to=step),
-        "reconstruction_class_agreement": recon,
+        "margin_over_random_encoder": margin,
+        "diagnostics": diag,
         "chance": 1.0 / num_classes,
         "seed": config.train.seed,
         "seconds": round(time.time() - t0, 1),
@@ -225,7 +204,10 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
 
 
 def format_table(report: dict) -> str:
-    lines = [f"step {report['step']}: linear probe top-1 (train_val / test)"]
+    m = report["margin_over_random_encoder"]["bn_crelu_test"]
+    lines = [f"step {report['step']}: BigBiGAN bn_crelu features {100 * m:+.1f} points test "
+             f"top-1 over the same encoder with random weights",
+             "linear probe top-1 (train_val / test)"]
     for row, r in report["probe"].items():
         lines.append(f"  {row:26s} {r['top1_trainval']:.4f} / {r['top1_test']:.4f}"
                      f"   (L2 {r['l2']:g})")
@@ -234,10 +216,8 @@ def format_table(report: dict) -> str:
         name = next(k for k in fid["first"] if k.startswith("fid_"))
         lines.append(f"  {name}: step {fid['first']['step']} {fid['first'][name]:.1f} -> "
                      f"step {fid['last']['step']} {fid['last'][name]:.1f}")
-    rc = report["reconstruction_class_agreement"]
-    lines.append(f"  reconstruction class agreement {rc['agreement']:.4f} (chance "
-                 f"{report['chance']:.2f}); reconstructions' accuracy "
-                 f"{rc['accuracy_reconstruction']:.4f}")
+    lines.extend(diagnostics.format_lines(report["diagnostics"]["first"],
+                                          report["diagnostics"]["last"], report["chance"]))
     return "\n".join(lines)
 
 

@@ -24,6 +24,8 @@ def _smoke_checkpoint(tmp_path):
     config.eval.standing_batches = 1
     config.eval.probe.epochs = 2
     config.eval.probe.max_train = 64
+    config.eval.diagnostics.num_samples = 32
+    config.eval.diagnostics.num_images = 32
     workdir = str(tmp_path)
     state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     state = state.replace(step=state.step + 4)  # as if trained 4 steps
@@ -51,8 +53,12 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
         assert row["l2"] in config.eval.probe.l2_grid
     assert rep["fid"]["first"] == {"step": 2, "fid_32_ema_standing_train": 90.0}
     assert rep["fid"]["last"]["fid_32_ema_standing_train"] == 70.0
-    rc = rep["reconstruction_class_agreement"]
-    assert 0.0 <= rc["agreement"] <= 1.0 and rc["num_images"] > 0
+    diag = rep["diagnostics"]["last"]
+    assert diag["step"] == 4 and rep["diagnostics"]["first"] == diag
+    assert -1.0 <= diag["latent_recovery_corr_raw"] <= 1.0
+    for judge in ("pixel", "probe"):
+        assert 0.0 <= diag[f"recon_agreement_{judge}_ema"] <= 1.0
+    assert "pixel_judge.npz" in os.listdir(tmp_path / "features")
     # The fixed baselines' features are cached, the trained encoder's under its step.
     cached = sorted(os.listdir(tmp_path / "features"))
     assert "pixels_eval.npz" in cached and any(c.startswith("random_encoder") for c in cached)

@@ -14,13 +14,20 @@ known answer:
   S = I, N = 0 gives the pattern itself (separable); S = 0 gives pure noise (chance). At
   initialisation (the report's random-encoder baseline) avepool_feat is noise and bn_crelu_feat
   separable; the trained encoder has one informative feature, chosen per case, so every row has
-  its own expected answer and swapped rows show. ``z_mean`` = the image (E(x) = x).
-* G(z) = z W + b: W = I, b = 0 reconstructs exactly (G(E(x)) = x); W = 0, b = the image of
-  pattern K0 returns a constant. The evaluated generator (EMA) and the raw one differ.
+  its own expected answer and swapped rows show. ``z_mean`` = the image (E(x) = x), ``z_stdev``
+  = 0.25 everywhere.
+* G(z) = z W + b: W = I, b = 0 reconstructs exactly (G(E(x)) = x) and is E's exact inverse
+  (E(G(z)) = z); W = 0, b = the image of pattern K0 returns a constant. The EMA generator and
+  the raw one differ.
+* D: s_x = mean(x), s_z = mean(z), s_xz = mean(x * z) over the 64 pixels.
 
-Reconstruction agreement then has exact answers: 1 for the exact generator whatever the labels,
-and the fraction of test images whose pattern is K0 for the constant one (about chance; 1 if x
-were compared with itself). The reconstructions' accuracy is the same hand-counted fraction.
+The diagnostics then have exact answers. Latent recovery: correlation 1 and relative error 0
+for the exact generator; correlation 0 (a constant carries nothing) and error mean ||b - z|| /
+||z|| for the constant one. Reconstruction agreement (a raw-pixel judge, and the BigBiGAN probe
+on bn_crelu_feat): 1 for the exact generator whatever the labels, and the fraction of test images
+whose pattern is K0 for the constant one (about chance; 1 if x were compared with itself). The
+reconstructions' accuracy is the same hand-counted fraction. D's score gaps are the scores'
+means over the evaluation images and over the diagnostics' fixed z.
 """
 
 import json
@@ -33,7 +40,7 @@ import numpy as np
 import pytest
 
 from bbg_jax.configs import model_config, train_config
-from bbg_jax.evaluation import generation, report, standalone
+from bbg_jax.evaluation import diagnostics, generation, report, standalone
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.train_state import TrainState
 
@@ -65,7 +72,8 @@ class PatternEncoder(nn.Module):
             s = self.param(f"{feature}_signal", signal_init, (K, K))
             n = self.param(f"{feature}_noise", small, (PIXELS - K, K))
             out[feature] = signal @ s + rest @ n
-        out["z_mean"] = flat @ self.param("to_z", small, (PIXELS, self.z_dim))
+        out["z_mean"] = out["z_sample"] = flat @ self.param("to_z", small, (PIXELS, self.z_dim))
+        out["z_stdev"] = jnp.full_like(out["z_mean"], 0.25)
         return out
 
 
@@ -83,8 +91,18 @@ class LinearGenerator(nn.Module):
         return x.reshape(-1, RES, RES, 1)
 
 
+class ProductDiscriminator(nn.Module):
+    """D(x, z, train) -> s_x = mean(x), s_z = mean(z), s_xz = mean(x * z)."""
+
+    @nn.compact
+    def __call__(self, x, z, train=True):
+        flat = x.reshape(x.shape[0], -1)
+        return {"score_x": flat.mean(-1), "score_z": z.mean(-1),
+                "score_xz": (flat * z).mean(-1)}
+
+
 def stand_in_models(config):
-    return {"G": LinearGenerator(), "E": PatternEncoder()}
+    return {"G": LinearGenerator(), "E": PatternEncoder(), "D": ProductDiscriminator()}
 
 
 def pattern_images(pattern, rng):
@@ -126,6 +144,7 @@ def make_config():
     config.eval.update(dict(batch_size=50, standing_batches=2, generator="ema",
                             bn_stats="standing"))
     config.eval.probe.update(dict(epochs=10, batch_size=64, learning_rate=1e-2, l2_grid=L2_GRID))
+    config.eval.diagnostics.update(dict(num_samples=150, num_images=SIZES["eval"]))
     return config
 
 
@@ -155,7 +174,7 @@ def make_state(informative, ema_generator, raw_generator):
         step=jnp.asarray(7, jnp.int32),
         params={"G": generator_params(raw_generator), "E": trained_encoder(informative),
                 "D": {}},
-        model_state={"G": {"batch_stats": {"mean": jnp.zeros((PIXELS,))}}, "E": {}},
+        model_state={"G": {"batch_stats": {"mean": jnp.zeros((PIXELS,))}}, "E": {}, "D": {}},
         opt_state={}, ema_params={"G": generator_params(ema_generator)}, probe={},
         rng=jax.random.key_data(jax.random.key(0)))
 
@@ -163,6 +182,7 @@ def make_state(informative, ema_generator, raw_generator):
 def run_report(tmp_path, monkeypatch, state):
     monkeypatch.setattr(report, "build_models", stand_in_models)
     monkeypatch.setattr(generation, "build_models", stand_in_models)
+    monkeypatch.setattr(diagnostics, "build_models", stand_in_models)
     restored = []
     monkeypatch.setattr(standalone, "restore",
                         lambda config, workdir, step=None: restored.append(step) or state)
@@ -206,33 +226,67 @@ def check_probe_table(rep, informative):
         assert f"{name:26s} 1.0000 / 0.5000   (L2 0)" in table
 
 
-def test_exact_reconstruction_agrees_on_every_image(tmp_path, monkeypatch):
-    # The evaluated (EMA) generator reconstructs exactly; the raw one returns a constant.
+def fixed_latents():
+    config = make_config()
+    z, _ = generation.draw_latents(config, jax.random.key(config.eval.seed + 4),
+                                   config.eval.diagnostics.num_samples)
+    return np.asarray(z, np.float64)
+
+
+def check_diagnostics(rep, exact: str, constant: str, probe_judge_known: bool):
+    """``exact``/``constant``: which generator ("raw" or "ema") is which."""
+    diag = rep["diagnostics"]
+    assert diag["first"] == diag["last"]  # no periodic evaluation: measured by the report
+    d = diag["last"]
+    assert d["step"] == 7
+    images, labels, pattern = SPLITS["eval"]
+    at_k0 = float(np.mean(pattern == K0))
+    assert 0.05 < at_k0 < 0.15  # about chance, far from x compared with x (1.0)
+    z = fixed_latents()
+    b = np.asarray(generator_params("constant")["b"], np.float64)
+
+    assert d[f"latent_recovery_corr_{exact}"] == pytest.approx(1.0, abs=1e-5)
+    assert d[f"latent_recovery_rel_error_{exact}"] == pytest.approx(0.0, abs=1e-5)
+    assert d[f"latent_recovery_corr_{constant}"] == 0.0
+    assert d[f"latent_recovery_rel_error_{constant}"] == pytest.approx(
+        np.mean(np.linalg.norm(b - z, axis=1) / np.linalg.norm(z, axis=1)), rel=1e-5)
+    assert d["encoder_z_stdev_mean"] == pytest.approx(0.25)
+
+    judges = ("pixel", "probe") if probe_judge_known else ("pixel",)
+    for judge in judges:
+        assert d[f"recon_agreement_{judge}_{exact}"] == 1.0
+        assert d[f"recon_accuracy_{judge}_{exact}"] == 0.5  # the pattern is the label on half
+        assert d[f"recon_agreement_{judge}_{constant}"] == at_k0
+        assert d[f"recon_accuracy_{judge}_{constant}"] == float(np.mean(labels == K0)) == 1 / K
+    assert 0.0 <= d[f"recon_agreement_probe_{constant}"] <= 1.0
+
+    # D sees the raw generator's images with their z, and each image with E(x) = x.
+    x = images.reshape(len(images), -1).astype(np.float64)
+    g = z if exact == "raw" else np.broadcast_to(b, z.shape)
+    n = len(z)
+    assert d["score_gap_x"] == pytest.approx(x[:n].mean() - g.mean(), abs=1e-5)
+    assert d["score_gap_z"] == pytest.approx(x[:n].mean() - z.mean(), abs=1e-5)
+    assert d["score_gap_xz"] == pytest.approx((x[:n] ** 2).mean() - (g * z).mean(), abs=1e-5)
+    table = report.format_table(rep)
+    assert f"reconstruction class agreement, pixel judge: raw G " \
+           f"{d['recon_agreement_pixel_raw']:.3f}, ema G {d['recon_agreement_pixel_ema']:.3f}" \
+           in table
+
+
+def test_diagnostics_of_an_exact_and_a_constant_generator(tmp_path, monkeypatch):
+    # The EMA generator reconstructs exactly; the raw one returns a constant.
     rep = run_report(tmp_path, monkeypatch, make_state("avepool_feat", "exact", "constant"))
     check_probe_table(rep, "avepool_feat")
-    rc = rep["reconstruction_class_agreement"]
-    _, labels, pattern = SPLITS["eval"]
-    assert rc["feature"] == "avepool_feat"  # the row with the better train_val accuracy
-    assert rc["num_images"] == SIZES["eval"]
-    assert rc["agreement"] == 1.0
-    # The probe reads the pattern, which is the label on exactly half of the test images.
-    assert rc["accuracy_x"] == rc["accuracy_reconstruction"] == np.mean(pattern == labels) == 0.5
-    assert (rc["generator"], rc["bn_stats"], rc["latent"]) == ("ema", "standing", "z_mean")
-    assert "reconstruction class agreement 1.0000 (chance 0.10); reconstructions' accuracy " \
-           "0.5000" in report.format_table(rep)
+    # bn_crelu_feat (the probe judge's feature) is noise here: only the pixel judge is exact.
+    check_diagnostics(rep, exact="ema", constant="raw", probe_judge_known=False)
+    m = rep["margin_over_random_encoder"]  # the random encoder's bn_crelu is the separable one
+    assert m["bn_crelu_test"] == rep["probe"]["bigbigan_bn_crelu"]["top1_test"] - 0.5 < 0
+    assert m["avepool_test"] == 0.5 - rep["probe"]["random_encoder_avepool"]["top1_test"] > 0.2
 
 
-def test_constant_generator_agrees_at_chance(tmp_path, monkeypatch):
-    # Now the EMA generator returns the image of pattern K0 whatever z; the raw one is exact.
+def test_diagnostics_with_the_generators_swapped(tmp_path, monkeypatch):
     rep = run_report(tmp_path, monkeypatch, make_state("bn_crelu_feat", "constant", "exact"))
     check_probe_table(rep, "bn_crelu_feat")
-    rc = rep["reconstruction_class_agreement"]
-    _, labels, pattern = SPLITS["eval"]
-    assert rc["feature"] == "bn_crelu_feat"
-    # Every reconstruction is classified K0; x is classified by its pattern.
-    expected_agreement = float(np.mean(pattern == K0))
-    assert 0.05 < expected_agreement < 0.15  # about chance, far from x compared with x (1.0)
-    assert rc["agreement"] == expected_agreement
-    assert rc["accuracy_reconstruction"] == float(np.mean(labels == K0)) == 1.0 / K
-    assert rc["accuracy_x"] == 0.5
-    assert f"reconstruction class agreement {expected_agreement:.4f}" in report.format_table(rep)
+    check_diagnostics(rep, exact="raw", constant="ema", probe_judge_known=True)
+    assert rep["margin_over_random_encoder"]["bn_crelu_test"] == 0.0  # both separable
+    assert "step 7: BigBiGAN bn_crelu features +0.0 points" in report.format_table(rep)
