@@ -64,10 +64,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # FID on 500 samples against the test split (the Inception runs at a few images/s on this
     # CPU, see the README), the probe on all 50k training / 10k train_val / 10k test features.
     ev = config.eval = eval_config(fid_num_samples=500)
-    ev.evaluators = ("samples", "fid", "probe")
+    ev.evaluators = ("samples", "fid", "probe", "diagnostics")
     ev.samples.every_steps = 250
     ev.fid.every_steps = 250
     ev.probe.every_steps = 250
+    ev.diagnostics.every_steps = 250
     ev.fid.splits = ("eval",)
     ev.batch_size = 100
     ev.standing_batches = 10

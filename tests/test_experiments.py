@@ -154,5 +154,5 @@ def test_fashion_mnist_main_job_config():
     assert config.data.dataset == "fashion_mnist" and config.data.train_val_size == 10_000
     assert config.data.eval_split == "test" and config.model.image_channels == 1
     assert config.train.online_probe_classes == 10
-    assert set(config.eval.evaluators) == {"samples", "fid", "probe"}
+    assert set(config.eval.evaluators) == {"samples", "fid", "probe", "diagnostics"}
     assert config.eval.fid.num_samples <= 1000  # Inception speed on a CPU (README)

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
 # Every evaluator, on a tiny sample: FID's Inception on 16 images, the probe on 32 per split.
 # Each evaluator on its own schedule: FID only at step 6.
-EVAL = ["--config.eval.evaluators=('samples','fid','probe')", "--config.eval.samples.every_steps=3",
-        "--config.eval.fid.every_steps=6", "--config.eval.probe.every_steps=3",
-        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2"]
+EVAL = ["--config.eval.evaluators=('samples','fid','probe','diagnostics')",
+        "--config.eval.samples.every_steps=3", "--config.eval.fid.every_steps=6",
+        "--config.eval.probe.every_steps=3", "--config.eval.diagnostics.every_steps=6",
+        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2",
+        "--config.eval.diagnostics.num_samples=16", "--config.eval.diagnostics.num_images=16"]
 
 
 def _env(gcs_emulator, **extra):
@@ -105,15 +107,18 @@ def test_training_writes_every_artefact_into_the_bucket(trained, bucket_cache):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == \
         ["3", "6"]
-    for step, evaluated in ((3, ["samples", "probe"]), (6, ["samples", "fid", "probe"])):
+    for step, evaluated in ((3, ["samples", "probe"]),
+                            (6, ["samples", "fid", "probe", "diagnostics"])):
         report = json.loads((run / "eval" / f"step_{step}" / "report.json").read_text())
         assert report["step"] == step
         assert report["evaluators"] == evaluated
         assert ("fid_16_ema_standing_train" in report["metrics"]) == (step == 6)
         assert "probe_top1_bn_crelu_trainval" in report["metrics"]
+        assert ("latent_recovery_corr_raw" in report["metrics"]) == (step == 6)
         pngs = {p.name for p in (run / "eval" / f"step_{step}").glob("*.png")}
         assert {"samples_ema_standing.png", "reconstructions_ema_standing.png"} <= pngs
     assert list((run / "fid_stats").glob("*.npz"))
+    assert (run / "features" / "pixel_judge.npz").exists()
     assert {p.name for p in (run / "features").glob("trained_step6_*.npz")}
     best = json.loads((run / "eval" / "best_probe.json").read_text())
     assert list((run / "best_probe_checkpoint" / str(best["step"])).iterdir())
@@ -176,7 +181,7 @@ def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):
     report = json.loads((run / "eval" / "step_3" / "report.json").read_text())
     assert report["step"] == 3 and "probe_top1_bn_crelu_trainval" in report["metrics"]
     # --mode=eval runs every evaluator of eval.evaluators, whatever its training schedule.
-    assert report["evaluators"] == ["samples", "fid", "probe"]
+    assert report["evaluators"] == ["samples", "fid", "probe", "diagnostics"]
 
     out = _run(["-m", "bbg_jax.evaluation.report", f"--workdir={workdir}"], _env(gcs_emulator),
                tmp_path)
@@ -186,13 +191,15 @@ def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):
     assert summary["step"] == 6
     assert {"raw_pixels", "bigbigan_bn_crelu"} <= set(summary["probe"])
     assert summary["fid"]["first"]["step"] == 3 and summary["fid"]["last"]["step"] == 6
+    # The report reads the step-6 evaluation's diagnostics (the step-3 one ran none).
+    assert summary["diagnostics"]["first"]["step"] == summary["diagnostics"]["last"]["step"] == 6
     _no_local_gs_folder(tmp_path, ROOT)
 
 
 @pytest.mark.parametrize("module", [
     "loop.py", "checkpoint.py", "evaluation/standalone.py", "evaluation/evaluators.py",
     "evaluation/report.py", "evaluation/probe.py", "evaluation/metrics.py",
-    "evaluation/png.py"])
+    "evaluation/png.py", "evaluation/diagnostics.py"])
 def test_workdir_code_uses_the_path_layer_only(module):
     """pathlib, os.path, open, glob and shutil know no buckets: bbg_jax.paths (epath) only."""
     source = (ROOT / "bbg_jax" / module).read_text()

@@ -30,7 +30,7 @@ import numpy as np
 
 from bbg_jax import paths
 from bbg_jax.evaluation import generation, probe
-from bbg_jax.evaluation.sharded import ShardedFn, replicate
+from bbg_jax.evaluation.sharded import ShardedFn, one_answer, replicate
 from bbg_jax.models import build_models
 
 JUDGES = ("pixel", "probe")
@@ -174,7 +174,7 @@ class Diagnostics:
                 return self.extract(e_variables, self.batches(split, limit))
             path = (None if self.workdir is None else
                     evaluators_lib.trained_features_path(self.workdir, step, "raw", split, limit))
-            if path is not None and not path.exists():
+            if path is not None and not one_answer(path.exists()):
                 path = None  # do not leave a second copy behind
             feats[split] = probe.cached(path, compute)
         return self._fit(feats, PROBE_JUDGE_FEATURE)
