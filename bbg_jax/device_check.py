@@ -250,7 +250,8 @@ def train_item(prepared: str, batch_per_device: int, steps: int, dtype: str = "f
     s_per_step = rest_s / (steps - 1) if steps > 1 else None
     gib = benchmark.peak_memory(jax.devices()[0])
     return {
-        "config": TRAIN_CONFIG, "device": jax.devices()[0].device_kind,
+        "what": "fashion_mnist_train", "config": TRAIN_CONFIG,
+        "device": jax.devices()[0].device_kind,
         "devices": mesh.devices.size, "dtype": dtype, "batch": batch,
         "batch_per_device": batch_per_device, "steps": steps,
         "data": f"{len(images)} exported Fashion-MNIST training images",
