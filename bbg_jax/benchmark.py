@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from bbg_jax import flops, loop, sharding
+from bbg_jax import flops, sharding
+from bbg_jax.data.batches import step_batches
 from bbg_jax.models import build_models, init_variables
 from bbg_jax.train import jit_train_step, make_step_functions
 from bbg_jax.train_state import create_train_state
@@ -34,6 +34,10 @@ def _define_flags() -> None:
     """Command-line flags, defined only when run as a program: this module's functions are
     imported by tests and notebooks, where a second absl ``--config`` flag would collide."""
     global _CONFIG, _BATCH, _STEPS, _PIECES, _DTYPE
+    # Here, not at the top: the device check (bbg_jax.device_check) imports this module's
+    # functions where ml_collections is not installed.
+    from ml_collections import config_flags
+
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     _BATCH = flags.DEFINE_integer("batch", None, "Global batch (default: the config's).")
     _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after one warm-up step; 0 = compile "
@@ -92,7 +96,7 @@ def benchmark_step(config, steps: int) -> dict[str, Any]:
     sharding.check_batch_divisible(batch_size, mesh)
     state = jax.jit(lambda k: create_train_state(config, k),
                     out_shardings=sharding.replicated(mesh))(jax.random.key(0))
-    batch = next(loop.step_batches(config, mesh, 0))
+    batch = next(step_batches(config, mesh, 0))
     step = jit_train_step(config, mesh)
     start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -159,7 +163,7 @@ def benchmark_pieces(config, steps: int) -> list[dict[str, Any]]:
             v["E"], x_e, train=True, noise=z, mutable=["batch_stats"]))
     fns = make_step_functions(config)
     state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
-    real = {k: val[0] for k, val in next(loop.step_batches(
+    real = {k: val[0] for k, val in next(step_batches(
         config, sharding.make_mesh(jax.devices()[:1]), 0)).items()}
     noise = fns.draw(key, b)
     d_update, ge_update = jax.jit(fns.d_update), jax.jit(fns.ge_update)

@@ -11,9 +11,10 @@ import importlib.util
 import numbers
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:
+    import ml_collections
 
 
 class ConfigError(ValueError):
@@ -101,6 +102,8 @@ def check_str(field: str, value: Any, optional: bool = False, allowed: str = "a 
 def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
                  ) -> ml_collections.ConfigDict:
     """The BigBiGAN model section at a given G/D resolution (ResNet-50 E at the same resolution)."""
+    import ml_collections  # here, not at the top: the train step imports this module without it
+
     m = ml_collections.ConfigDict()
     m.dtype = "float32"
     m.z_dim = z_dim
@@ -173,6 +176,8 @@ def biggan_model(resolution: int = 128, ch: int = 96, z_dim: int = 120,
 
 def train_config() -> ml_collections.ConfigDict:
     """The optimisation section (SPEC §6). Durations are in G/E steps."""
+    import ml_collections
+
     t = ml_collections.ConfigDict()
     t.seed = 0
     t.num_steps = 500_000  # ablations; 1M for the final models [likely]

@@ -9,15 +9,17 @@ needed and once when only input gradients are (D inside the G/E update).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.extend import core as jax_core
 
 from bbg_jax.models import build_models, init_variables
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
+    import ml_collections
 
 
 def _eqn_flops(eqn: Any) -> float:

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,6 +23,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from bbg_jax import checkpoint, config_checks, console, paths, progress, sharding, summaries
+from bbg_jax.data.batches import local_batches as local_batches  # re-exported
+from bbg_jax.data.batches import step_batches
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
@@ -55,42 +57,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Model, data, training and eval sections are valid and agree: ``config_checks.check``
     (``bbg_jax.main`` runs it, and the workdir and device checks, before calling the loop)."""
     config_checks.check(config, "train")
-
-
-def local_batches(config: ml_collections.ConfigDict, start_batch: int
-                  ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's batches from data batch ``start_batch`` on (synthetic or TFDS)."""
-    d = config.data
-    if d.dataset == "synthetic":
-        from bbg_jax.data.synthetic import synthetic_batches
-
-        yield from synthetic_batches(d, start_step=start_batch,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     num_classes=config.model.generator.num_classes)
-        return
-    # TensorFlow is imported here only, for a real dataset.
-    import tensorflow_datasets as tfds
-
-    from bbg_jax.data.pipeline import train_dataset
-
-    yield from tfds.as_numpy(train_dataset(d, start_step=start_batch))
-
-
-def step_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, start_step: int
-                 ) -> Iterator[dict[str, jax.Array]]:
-    """Global batches for train steps from ``start_step``: n_d_steps data batches stacked.
-
-    The data position is a pure function of the step (data batch = step x n_d_steps), so a
-    resumed run reads exactly what the uninterrupted run would have.
-    """
-    n_d = config.train.n_d_steps
-    source = local_batches(config, start_step * n_d)
-    keys = ("image_d", "image_e", "label")
-    while True:
-        parts = [next(source) for _ in range(n_d)]
-        stacked = {k: np.stack([p[k] for p in parts]) for k in keys if k in parts[0]}
-        yield sharding.global_batch_from_local(stacked, mesh, batch_axis=1)
 
 
 def _replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:

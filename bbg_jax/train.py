@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -43,6 +42,9 @@ from bbg_jax.train_state import (
     probe_optimizer,
     update_ema,
 )
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
+    import ml_collections
 
 PyTree = Any
 Batch = dict[str, jax.Array]

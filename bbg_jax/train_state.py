@@ -15,18 +15,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from bbg_jax.configs import MISSING, check_bool, check_choice, config_error
 from bbg_jax.losses import TERMS
 from bbg_jax.models import init_variables
 from bbg_jax.models.build import D_KINDS
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
+    import ml_collections
 
 PyTree = Any
 

@@ -9,11 +9,14 @@ never limits an accelerator benchmark.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 
 from bbg_jax.data.global_batch import per_process_batch_size
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
+    import ml_collections
 
 
 def pool_views(image_e: np.ndarray, resolution_d: int) -> np.ndarray:

@@ -16,17 +16,19 @@ The model section of every experiment config (``config.model``) has this shape::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from bbg_jax.models import layers
 from bbg_jax.models.discriminator import BigBiGANDiscriminator, GANDiscriminator
 from bbg_jax.models.encoder import Encoder
 from bbg_jax.models.generator import Generator
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
+    import ml_collections
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 D_KINDS = ("bigbigan", "gan")
