@@ -32,9 +32,11 @@ from bbg_jax.train_state import create_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
-EVAL = ["--config.eval.evaluators=('samples','fid','probe')", "--config.eval.samples.every_steps=3",
-        "--config.eval.fid.every_steps=3", "--config.eval.probe.every_steps=3",
-        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2"]
+EVAL = ["--config.eval.evaluators=('samples','fid','probe','diagnostics')",
+        "--config.eval.samples.every_steps=3", "--config.eval.fid.every_steps=3",
+        "--config.eval.probe.every_steps=3", "--config.eval.diagnostics.every_steps=6",
+        "--config.eval.fid.num_samples=16", "--config.eval.probe.epochs=2",
+        "--config.eval.diagnostics.num_samples=16", "--config.eval.diagnostics.num_images=16"]
 
 
 def free_port(low: int = 0) -> int:
@@ -133,6 +135,7 @@ def test_two_processes_train_and_evaluate_like_one(two_and_one):
         ea, eb = _eval_metrics(single, step), _eval_metrics(multi, step)
         assert sorted(ea) == sorted(eb)
         assert any(k.startswith("fid_16_") for k in ea) and "probe_top1_bn_crelu_test" in ea
+        assert ("latent_recovery_corr_raw" in ea) == (step == 6)
         for k in ea:
             # The whole evaluation split on both (never 1/N of it): identical features up to
             # reduction order. Measured: FID within 2.3e-5 relative, probe metrics equal.
