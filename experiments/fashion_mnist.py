@@ -3,8 +3,9 @@
 Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps=N ...]
            (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
               after scripts/setup.sh)
-Hardware:  a 2-core CPU: ~1.9 s per step, 27.0 min end to end with set-up, evaluation and report
-           (measured; README). The script splits the batch over 2 simulated host devices
+Hardware:  a 2-core CPU: 1.24 s per step, 18.5 min end to end with set-up, evaluation and
+           report (measured on a fresh clone; 1.9 s and 27.0 min on a slower day of the same
+           machine; README). The script splits the batch over 2 simulated host devices
            (XLA_FLAGS), and train.conv_weight_grad=auto computes conv weight gradients as
            einsums on CPU.
 Expected:  at 500 steps (3 seeds) linear-probe test top-1 74.8 ± 1.5 % (bn_crelu_feat) against

@@ -115,8 +115,7 @@ def diagnostics_first_last(workdir: str, up_to: int) -> dict:
     """The coupling diagnostics (``bbg_jax.evaluation.diagnostics``) of the first and the last
     periodic evaluation at or before ``up_to``: {"first": {"step": s, ...}, "last": ...}."""
     found = [{"step": r["step"], **{k: v for k, v in r["metrics"].items()
-                                    if k in diagnostics.METRIC_PREFIXES or
-                                    k.startswith(diagnostics.METRIC_PREFIXES)}}
+                                    if k.startswith(diagnostics.METRIC_PREFIXES)}}
              for r in standalone.periodic_reports(workdir) if r["step"] <= up_to]
     found = [f for f in found if len(f) > 1]
     return {"first": found[0], "last": found[-1]} if found else {}
