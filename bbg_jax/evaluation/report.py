@@ -40,11 +40,11 @@ SPLITS = ("train", "trainval", "eval")
 
 
 def pixel_features(batches) -> dict[str, np.ndarray]:
-    feats, labels = [], []
-    for b in batches:
-        feats.append(np.asarray(b["image_e"], np.float32).reshape(len(b["label"]), -1))
-        labels.append(np.asarray(b["label"], np.int32))
-    return {"pixels": np.concatenate(feats), "label": np.concatenate(labels)}
+    """The raw-pixel features (``diagnostics.pixels``, the pixel judge's) of every example."""
+    parts = [(diagnostics.pixels(b["image_e"]), np.asarray(b["label"], np.int32))
+             for b in batches]
+    return {"pixels": np.concatenate([f for f, _ in parts]),
+            "label": np.concatenate([y for _, y in parts])}
 
 
 def random_encoder_variables(config: ml_collections.ConfigDict, batches, seed: int,
@@ -69,9 +69,9 @@ def random_encoder_variables(config: ml_collections.ConfigDict, batches, seed: i
 
 
 def probe_table(features: dict[str, dict[str, dict[str, np.ndarray]]], num_classes: int,
-                settings: probe.ProbeSettings) -> tuple[dict[str, dict], dict]:
-    """{row: {top1_trainval, top1_test, top5_..., l2}} and the fitted probes per row."""
-    rows, fitted = {}, {}
+                settings: probe.ProbeSettings) -> dict[str, dict]:
+    """{row: {top1_trainval, top1_test, top5_..., l2}}."""
+    rows = {}
     for row, (source, key) in ROWS.items():
         if source not in features:
             continue
@@ -83,8 +83,8 @@ def probe_table(features: dict[str, dict[str, dict[str, np.ndarray]]], num_class
             for metric, value in probe.evaluate_probe(result, f[split][key],
                                                       f[split]["label"]).items():
                 out[f"{metric}_{name}"] = value
-        rows[row], fitted[row] = out, result
-    return rows, fitted
+        rows[row] = out
+    return rows
 
 
 # Table row -> (feature source, feature key).
@@ -171,7 +171,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         random_features, fixed(f"random_encoder_seed{random_seed}")))
     num_classes = int(features["pixels"]["train"]["label"].max()) + 1
     settings = evaluators_lib.probe_settings(ev)
-    rows, _ = timed("probes", lambda: probe_table(features, num_classes, settings))
+    rows = timed("probes", lambda: probe_table(features, num_classes, settings))
 
     diag = diagnostics_first_last(workdir, step)
     if diag.get("last", {}).get("step") != step:  # the evaluation at this step had none
