@@ -155,19 +155,22 @@ class Diagnostics:
                 for split, limit in limits.items():
                     data = _take(self.batches(split, limit), limit)
                     feats[split] = {"pixels": pixels(data["image_e"]), "label": data["label"]}
-                r = self._fit(feats, "pixels")
-                return {"weights": r.weights, "bias": r.bias, "l2": np.asarray(r.l2)}
+                return probe.result_arrays(self._fit(feats, "pixels"))
 
-            fitted = probe.cached(path, fit)
-            self._pixel_judge = probe.ProbeResult(float(fitted["l2"]), [], fitted["weights"],
-                                                  fitted["bias"])
+            self._pixel_judge = probe.result_from_arrays(probe.cached(path, fit))
         return self._pixel_judge
 
     def probe_judge(self, e_variables: dict, step: int) -> probe.ProbeResult:
-        """The BigBiGAN probe of the evaluated E: the features the probe evaluator kept for
-        this step when it ran first with raw weights, else extracted here."""
+        """The BigBiGAN probe of the evaluated E: the classifier the probe evaluator fitted for
+        this step when it ran first with raw weights, else fitted here (on the features it
+        kept, else extracted here)."""
         from bbg_jax.evaluation import evaluators as evaluators_lib
 
+        if self.workdir is not None:
+            path = evaluators_lib.trained_classifier_path(self.workdir, step, "raw",
+                                                          PROBE_JUDGE_FEATURE)
+            if one_answer(path.exists()):
+                return probe.result_from_arrays(paths.load_npz(path))
         feats = {}
         for split, limit in (("train", self.ev.probe.max_train), ("trainval", None)):
             def compute(split=split, limit=limit):

@@ -197,6 +197,14 @@ def trained_features_path(workdir: str, step: int, params: str, which: str,
     return paths.path(workdir) / "features" / f"trained_step{step}_{params}_{which}{first}.npz"
 
 
+def trained_classifier_path(workdir: str, step: int, params: str, feature: str
+                            ) -> paths.epath.Path:
+    """Where the probe evaluator keeps the classifier it fitted on one feature at one step, so
+    the diagnostics' probe judge (the same fit on the same features) is not fitted twice."""
+    name = f"trained_step{step}_{params}_classifier_{feature}.npz"
+    return paths.path(workdir) / "features" / name
+
+
 class ProbeEvaluator:
     """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval).
 
@@ -223,6 +231,8 @@ class ProbeEvaluator:
         keep = {trained_features_path(self.workdir, step, pr.params, w, limit)
                 for w, limit in (("train", pr.max_train), ("trainval", None),
                                  ("eval", None))}
+        keep |= {trained_classifier_path(self.workdir, step, pr.params, f)
+                 for f in probe.FEATURES}
         if jax.process_index() > 0:
             return  # only process 0 writes (and deletes) files
         for path in (paths.path(self.workdir) / "features").glob("trained_step*.npz"):
@@ -239,11 +249,18 @@ class ProbeEvaluator:
             "trainval": self._features(variables, step, "trainval", None),
             "test": self._features(variables, step, "eval", None),
         }
-        if self.workdir is not None:
-            self._drop_older_features(step)
         num_classes = int(max(f["label"].max() for f in feats.values())) + 1
-        settings = probe_settings(self.ev)
-        return probe.probe_metrics(feats, num_classes, settings), {}
+        fitted: dict[str, probe.ProbeResult] = {}
+        metrics = probe.probe_metrics(feats, num_classes, probe_settings(self.ev),
+                                      fitted=fitted)
+        if self.workdir is not None:
+            if jax.process_index() == 0:
+                for feature, result in fitted.items():
+                    paths.save_npz(trained_classifier_path(self.workdir, step, pr.params,
+                                                           feature),
+                                   probe.result_arrays(result))
+            self._drop_older_features(step)
+        return metrics, {}
 
 
 def probe_settings(ev: ml_collections.ConfigDict) -> probe.ProbeSettings:

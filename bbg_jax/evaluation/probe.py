@@ -48,6 +48,17 @@ class ProbeResult:
     bias: np.ndarray               # [K]
 
 
+def result_arrays(result: ProbeResult) -> dict[str, np.ndarray]:
+    """A fitted classifier as arrays (for ``cached`` / .npz)."""
+    return {"weights": result.weights, "bias": result.bias, "l2": np.asarray(result.l2),
+            "val_top1_per_l2": np.asarray(result.val_top1_per_l2)}
+
+
+def result_from_arrays(arrays: dict[str, np.ndarray]) -> ProbeResult:
+    return ProbeResult(float(arrays["l2"]), [float(v) for v in arrays["val_top1_per_l2"]],
+                       np.asarray(arrays["weights"]), np.asarray(arrays["bias"]))
+
+
 class FeatureExtractor:
     """Frozen E's probe features, jitted once over the mesh with E's variables as arguments.
 
@@ -152,10 +163,12 @@ def evaluate_probe(result: ProbeResult, x: np.ndarray, y: np.ndarray) -> dict[st
 
 def probe_metrics(features: dict[str, dict[str, np.ndarray]], num_classes: int,
                   settings: ProbeSettings = ProbeSettings(),
-                  feature_keys: Sequence[str] = FEATURES) -> dict[str, float]:
+                  feature_keys: Sequence[str] = FEATURES,
+                  fitted: dict[str, ProbeResult] | None = None) -> dict[str, float]:
     """Metrics for features = {"train": ..., "trainval": ..., "test": ...} (test optional).
 
     Names: probe_{top1,top5}_{avepool,bn_crelu}_{trainval,test} and probe_l2_{feature}.
+    ``fitted``, when given, receives each feature key's chosen classifier.
     """
     out: dict[str, float] = {}
     train, val = features["train"], features["trainval"]
@@ -163,6 +176,8 @@ def probe_metrics(features: dict[str, dict[str, np.ndarray]], num_classes: int,
         name = FEATURE_NAMES[key]
         result = train_probe(train[key], train["label"], val[key], val["label"], num_classes,
                              settings)
+        if fitted is not None:
+            fitted[key] = result
         out[f"probe_l2_{name}"] = result.l2
         for split in ("trainval", "test"):
             if split in features:

@@ -9,7 +9,7 @@ import numpy as np
 
 from bbg_jax import checkpoint
 from bbg_jax.configs import load_experiment
-from bbg_jax.evaluation import evaluators, probe, report
+from bbg_jax.evaluation import diagnostics, evaluators, probe, report
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.train_state import create_train_state
 
@@ -96,10 +96,24 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     report.build_report(workdir, batches_fn=batches)
     assert len(extractions) == 6 and len(calibrations) == 1
 
+    # The diagnostics' probe judge is the classifier the evaluator fitted on bn_crelu_feat, not a
+    # second fit; without the evaluator's files it fits the same classifier itself.
+    fits, train_probe = [], probe.train_probe
+    monkeypatch.setattr(probe, "train_probe",
+                        lambda *a, **k: fits.append(1) or train_probe(*a, **k))
+    e_variables = {"params": state.params["E"], **state.model_state["E"]}
+    kept_judge = diagnostics.Diagnostics(config, workdir, batches).probe_judge(e_variables, 4)
+    assert not fits
+    fresh_judge = diagnostics.Diagnostics(config, None, batches).probe_judge(e_variables, 4)
+    assert len(fits) == 1 and kept_judge.l2 == fresh_judge.l2
+    np.testing.assert_allclose(kept_judge.weights, fresh_judge.weights, rtol=1e-4, atol=1e-5)
+
     # The next evaluation keeps only its own step's features.
     evaluator.run(state.replace(step=state.step + 2))
     kept = sorted(p.name for p in (tmp_path / "features").glob("trained_step*"))
-    assert kept == [f"trained_step6_raw_{w}.npz" for w in ("eval", "train_first64", "trainval")]
+    assert kept == [f"trained_step6_raw_{w}.npz" for w in (
+        "classifier_avepool_feat", "classifier_bn_crelu_feat", "eval", "train_first64",
+        "trainval")]
 
 
 def test_random_encoder_statistics_are_calibrated_on_data():
