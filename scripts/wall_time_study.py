@@ -6,8 +6,8 @@
 ``run`` trains ``experiments/fashion_mnist.py`` with the overrides in ``ROOT/NAME``, in two
 phases through the main job's own entry points (``bbg_jax.main``, then the report):
 
-1. ``--steps_probe`` steps with every evaluator off, to read the setting's own seconds per step
-   (the progress line's average after compilation, before any evaluation);
+1. ``--steps_probe`` (150) steps with every evaluator off, to read the setting's own seconds
+   per step (between the last two progress lines: after compilation and warm-up);
 2. resumed to N = round(minutes · 60 / s_per_step) steps, with the probe and the diagnostics
    at N/2 and N (their first and last evaluation), sheets and FID at N, then
    ``bbg_jax.evaluation.report`` at step N.
@@ -46,8 +46,11 @@ def _env() -> dict:
 def _train(workdir: Path, steps: int, evaluate: bool, overrides: list[str]) -> str:
     every = {n: steps // 2 if evaluate else 0 for n in EVERY_HALF}
     every.update({n: steps if evaluate else 0 for n in EVERY_END})
+    # Evaluations read saved checkpoints: save at every evaluation step.
+    every["checkpoint"] = steps // 2 if evaluate else steps
     cmd = [PYTHON, "-m", "bbg_jax.main", "--config=experiments/fashion_mnist.py",
            f"--workdir={workdir}", f"--config.train.num_steps={steps}", *overrides,
+           f"--config.train.checkpoint_every={every.pop('checkpoint')}",
            *[f"--config.eval.{name}.every_steps={n}" for name, n in every.items()]]
     out = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
@@ -59,16 +62,21 @@ def _train(workdir: Path, steps: int, evaluate: bool, overrides: list[str]) -> s
 
 
 def seconds_per_step(output: str) -> float:
+    """Seconds per step between the last two progress lines (each prints the average since the
+    first step after compilation, so the difference leaves out the first steps' warm-up)."""
     rates = [(int(s), float(r)) for s, r in RATE.findall(output)]
-    if not rates:
-        raise SystemExit("no 's/step' progress line in the probe phase's output")
-    return rates[-1][1]
+    if len(rates) < 2:
+        raise SystemExit("fewer than two 's/step' progress lines in the probe phase's output")
+    (n1, r1), (n2, r2) = rates[-2], rates[-1]
+    return (n2 * r2 - n1 * r1) / (n2 - n1)
 
 
 def run(root: str, name: str, minutes: float, steps_probe: int, overrides: list[str]) -> dict:
     workdir = Path(root) / name
     workdir.mkdir(parents=True, exist_ok=True)
-    rate = seconds_per_step(_train(workdir, steps_probe, False, overrides))
+    probed = workdir / f"train_to_{steps_probe}.out"  # a rerun resumes after the probe phase
+    rate = seconds_per_step(probed.read_text() if probed.exists() else
+                            _train(workdir, steps_probe, False, overrides))
     steps = 2 * max(steps_probe, round(minutes * 60 / rate / 2))
     _train(workdir, steps, True, overrides)
     subprocess.run([PYTHON, "-m", "bbg_jax.evaluation.report", f"--workdir={workdir}"],
@@ -115,7 +123,7 @@ def main(argv: list[str]) -> None:
         minutes = float(next((a.split("=", 1)[1] for a in rest if a.startswith("--minutes=")),
                              20))
         probe = int(next((a.split("=", 1)[1] for a in rest if a.startswith("--steps_probe=")),
-                         60))
+                         150))
         overrides = [a for a in rest if a.startswith("--config.")]
         print(json.dumps(run(root, name, minutes, probe, overrides)))
     elif len(argv) >= 2 and argv[0] == "table":
