@@ -103,11 +103,12 @@ def run(root: str, name: str, minutes: float, steps_probe: int, overrides: list[
 
 
 def table(workdirs: list[str]) -> None:
-    print("| setting | s/step | steps in 20 min | bn_crelu test top-1 | margin over random E | "
-          "latent recovery corr | s_xz gap | recon agreement (pixel judge, raw G) | FID-500 |")
+    rows = [json.loads((Path(w) / "study_row.json").read_text()) for w in workdirs]
+    print(f"| setting | s/step | steps in {rows[0]['minutes']:g} min | bn_crelu test top-1 | "
+          "margin over random E | latent recovery corr | s_xz gap | "
+          "recon agreement (pixel judge, raw G) | FID-500 |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for w in workdirs:
-        r = json.loads((Path(w) / "study_row.json").read_text())
+    for r in rows:
         arrow = lambda pair, f: f"{pair[0]:{f}} → {pair[1]:{f}}"  # noqa: E731
         print(f"| {r['name']} | {r['s_per_step']:.2f} | {r['steps']} | "
               f"{100 * r['bn_crelu_test']:.1f} % | {100 * r['margin_bn_crelu_test']:+.1f} | "

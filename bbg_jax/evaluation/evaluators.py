@@ -231,8 +231,8 @@ class ProbeEvaluator:
         keep = {trained_features_path(self.workdir, step, pr.params, w, limit)
                 for w, limit in (("train", pr.max_train), ("trainval", None),
                                  ("eval", None))}
-        keep |= {trained_classifier_path(self.workdir, step, pr.params, f)
-                 for f in probe.FEATURES}
+        keep.add(trained_classifier_path(self.workdir, step, pr.params,
+                                         diagnostics.PROBE_JUDGE_FEATURE))
         if jax.process_index() > 0:
             return  # only process 0 writes (and deletes) files
         for path in (paths.path(self.workdir) / "features").glob("trained_step*.npz"):
@@ -254,11 +254,10 @@ class ProbeEvaluator:
         metrics = probe.probe_metrics(feats, num_classes, probe_settings(self.ev),
                                       fitted=fitted)
         if self.workdir is not None:
-            if jax.process_index() == 0:
-                for feature, result in fitted.items():
-                    paths.save_npz(trained_classifier_path(self.workdir, step, pr.params,
-                                                           feature),
-                                   probe.result_arrays(result))
+            if jax.process_index() == 0:  # kept for its only reader, the diagnostics' judge
+                feature = diagnostics.PROBE_JUDGE_FEATURE
+                paths.save_npz(trained_classifier_path(self.workdir, step, pr.params, feature),
+                               probe.result_arrays(fitted[feature]))
             self._drop_older_features(step)
         return metrics, {}
 

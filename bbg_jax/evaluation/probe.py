@@ -55,7 +55,9 @@ def result_arrays(result: ProbeResult) -> dict[str, np.ndarray]:
 
 
 def result_from_arrays(arrays: dict[str, np.ndarray]) -> ProbeResult:
-    return ProbeResult(float(arrays["l2"]), [float(v) for v in arrays["val_top1_per_l2"]],
+    # Pixel judges cached before val_top1_per_l2 was stored have no such array.
+    per_l2 = arrays["val_top1_per_l2"] if "val_top1_per_l2" in arrays else []
+    return ProbeResult(float(arrays["l2"]), [float(v) for v in per_l2],
                        np.asarray(arrays["weights"]), np.asarray(arrays["bias"]))
 
 

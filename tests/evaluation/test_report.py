@@ -112,8 +112,7 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     evaluator.run(state.replace(step=state.step + 2))
     kept = sorted(p.name for p in (tmp_path / "features").glob("trained_step*"))
     assert kept == [f"trained_step6_raw_{w}.npz" for w in (
-        "classifier_avepool_feat", "classifier_bn_crelu_feat", "eval", "train_first64",
-        "trainval")]
+        "classifier_bn_crelu_feat", "eval", "train_first64", "trainval")]
 
 
 def test_random_encoder_statistics_are_calibrated_on_data():
