@@ -213,8 +213,11 @@ def format_table(report: dict) -> str:
     fid = report["fid"]
     if fid:
         name = next(k for k in fid["first"] if k.startswith("fid_"))
-        lines.append(f"  {name}: step {fid['first']['step']} {fid['first'][name]:.1f} -> "
-                     f"step {fid['last']['step']} {fid['last'][name]:.1f}")
+        first, last = fid["first"], fid["last"]
+        lines.append(f"  {name}: step {last['step']} {last[name]:.1f}"
+                     if first["step"] == last["step"] else
+                     f"  {name}: step {first['step']} {first[name]:.1f} -> "
+                     f"step {last['step']} {last[name]:.1f}")
     lines.extend(diagnostics.format_lines(report["diagnostics"]["first"],
                                           report["diagnostics"]["last"], report["chance"]))
     return "\n".join(lines)
