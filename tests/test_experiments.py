@@ -156,3 +156,9 @@ def test_fashion_mnist_main_job_config():
     assert config.train.online_probe_classes == 10
     assert set(config.eval.evaluators) == {"samples", "fid", "probe", "diagnostics"}
     assert config.eval.fid.num_samples <= 1000  # Inception speed on a CPU (README)
+    # The report's first -> last: probe and diagnostics at the middle and the end; the sheets and
+    # FID (minutes of Inception on a CPU) once, at the end; a checkpoint at each evaluation.
+    t, ev = config.train, config.eval
+    assert 2 * ev.probe.every_steps == 2 * ev.diagnostics.every_steps == t.num_steps
+    assert ev.fid.every_steps == ev.samples.every_steps == t.num_steps
+    assert t.num_steps % t.checkpoint_every == 0 and t.ema_start_step < ev.probe.every_steps

@@ -123,3 +123,17 @@ def test_random_encoder_statistics_are_calibrated_on_data():
              jax.tree.flatten_with_path(variables["batch_stats"])[0]
              if p[-1].key == "mean"]
     assert max(means) > 0  # moved from the zero initialisation
+
+
+def test_report_table_fid_line_one_or_two_evaluations():
+    """One FID evaluation prints its value; two print first -> last."""
+    row = {"top1_trainval": 0.5, "top1_test": 0.5, "top5_test": 0.9, "l2": 0.0}
+    rep = {"step": 8, "margin_over_random_encoder": {"bn_crelu_test": 0.04},
+           "probe": {"raw_pixels": row}, "chance": 0.1,
+           "diagnostics": {"first": {"step": 4}, "last": {"step": 8}}}
+    one = {"step": 8, "fid_500_ema": 121.64}
+    rep["fid"] = {"first": one, "last": one}
+    assert "  fid_500_ema: step 8 121.6\n" in report.format_table(rep)
+    rep["fid"] = {"first": {"step": 4, "fid_500_ema": 140.0}, "last": one}
+    assert "  fid_500_ema: step 4 140.0 -> step 8 121.6\n" in report.format_table(rep)
+    assert "step 8: BigBiGAN bn_crelu features +4.0 points" in report.format_table(rep)
