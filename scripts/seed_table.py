@@ -38,10 +38,11 @@ def main(paths: list[str]) -> None:
     fid = [r["fid"] for r in reports if r["fid"]]
     if fid:
         name = next(k for k in fid[0]["first"] if k.startswith("fid_"))
-        print(f"| {name}, first evaluation (step {fid[0]['first']['step']}) | | "
-              f"{mean_std([f['first'][name] for f in fid])} | |")
-        print(f"| {name}, last evaluation (step {fid[0]['last']['step']}) | | "
-              f"{mean_std([f['last'][name] for f in fid])} | |")
+        whens = ("last",) if fid[0]["first"]["step"] == fid[0]["last"]["step"] else (
+            "first", "last")
+        for when in whens:
+            print(f"| {name}, {when} evaluation (step {fid[0][when]['step']}) | | "
+                  f"{mean_std([f[when][name] for f in fid])} | |")
     margins = [r["margin_over_random_encoder"]["bn_crelu_test"] for r in reports]
     spread = max(np.std([r["probe"][row]["top1_test"] for r in reports], ddof=1)
                  if len(reports) > 1 else 0.0
@@ -57,6 +58,16 @@ def main(paths: list[str]) -> None:
                 print(f"| {label}, {when} evaluation (step {diags[0]['step']}) | | "
                       f"{mean_std(values)} | |")
     print(f"\nchance {reports[0]['chance']:.2f}")
+    # Per seed, first -> last: does each run's latent recovery rise?
+    for name, label in DIAGNOSTICS[:2]:
+        changes = [f"seed {r['seed']}: {a[name]:.4f} -> {b[name]:.4f}"
+                   for r, a, b in zip(reports, first, last, strict=True)
+                   if name in a and name in b]
+        rising = sum(b[name] > a[name] for a, b in zip(first, last, strict=True)
+                     if name in a and name in b)
+        if changes:
+            print(f"{label}, first -> last: {'; '.join(changes)} (rising in {rising} of "
+                  f"{len(changes)})")
 
 
 # report.json "diagnostics" entries -> table labels (bbg_jax.evaluation.diagnostics).
