@@ -53,7 +53,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     t = config.train = train_config()
     # Steps are what E's coupling to G needs most at this size (docs/fashion_mnist.md, "The
-    # study"): 750 steps is ~20 min of training here, the rest of the 30-min budget is evaluation.
+    # study"): 750 steps are 17-23 min of training here, the rest of the 30-min budget evaluates.
     t.num_steps = 750
     t.n_d_steps = 1
     t.lr_g = 2e-4
@@ -72,7 +72,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ev = config.eval = eval_config(fid_num_samples=500)
     ev.evaluators = ("samples", "fid", "probe", "diagnostics")
     # Probe and diagnostics at the middle and the end (the report's first -> last); sheets and
-    # FID (~2 min of Inception here) at the end only.
+    # FID (~3.5 min of Inception here) at the end only.
     ev.samples.every_steps = 750
     ev.fid.every_steps = 750
     ev.probe.every_steps = 375

@@ -32,8 +32,9 @@ DIAGNOSTIC_PANELS = (
     ("reconstruction class agreement", [("recon_agreement_pixel_raw", "pixel judge, raw G"),
                                         ("recon_agreement_pixel_ema", "pixel judge, EMA G"),
                                         ("recon_agreement_probe_raw", "BigBiGAN probe, raw G")]),
-    ("D's score gap, encoder - generator pairs", [("score_gap_xz", "s_xz"), ("score_gap_x", "s_x"),
-                                         ("score_gap_z", "s_z")]),
+    ("D's score gap, encoder - generator pairs", [("score_gap_xz", "s_xz"),
+                                                  ("score_gap_x", "s_x"),
+                                                  ("score_gap_z", "s_z")]),
 )
 # The --table columns: (metric, header, scale).
 TABLE_COLUMNS = (("probe_top1_bn_crelu_test", "bn_crelu test top-1 %", 100),
