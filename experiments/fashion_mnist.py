@@ -53,7 +53,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
     t = config.train = train_config()
     # Steps are what E's coupling to G needs most at this size (docs/fashion_mnist.md, "The
-    # study"): 750 steps are 17-23 min of training here, the rest of the 30-min budget evaluates.
+    # study"): 750 steps take 17-23 min here; the evaluations fill the rest of the 30 min.
     t.num_steps = 750
     t.n_d_steps = 1
     t.lr_g = 2e-4
