@@ -36,7 +36,10 @@ def tree_equal(a, b):
 
 def _main(workdir, cache, *flags, faults=(), env_extra=None, wait=True):
     """Runs the smoke config in ``workdir``; ``faults`` are loop_driver flags."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+    # TF_ENABLE_ONEDNN_OPTS=1: TensorFlow then prints its oneDNN notice from C++ (port.cc) on
+    # every CPU, not only on AVX-512 ones: the native file-descriptor-2 line the log must keep.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_ENABLE_ONEDNN_OPTS": "1",
+           **(env_extra or {})}
     entry = [DRIVER, *faults, "--"] if faults else ["-m", "bbg_jax.main"]
     cmd = [sys.executable, *entry, f"--config={SMOKE}", f"--workdir={workdir}",
            f"--config.train.compilation_cache_dir={cache}", *flags]
