@@ -82,7 +82,7 @@ def main(argv) -> None:
     fid_ax = axes[1] if fid_keys else None
     for key, label in (("probe_top1_avepool_test", "BigBiGAN avepool_feat"),
                        ("probe_top1_bn_crelu_test", "BigBiGAN bn_crelu_feat")):
-        pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
+        pts = series(reports, key)
         if pts:
             acc_ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     if _BASELINES.value:
@@ -99,7 +99,7 @@ def main(argv) -> None:
     acc_ax.grid(alpha=0.3)
     if fid_keys:
         for key in fid_keys:
-            pts = [(r["step"], r["metrics"][key]) for r in reports if key in r["metrics"]]
+            pts = series(reports, key)
             fid_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
         fid_ax.set_xlabel("G/E step")
         fid_ax.set_ylabel("FID")
