@@ -70,16 +70,19 @@ def einsum_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
     sh, sw = strides
     ho, wo = dy.shape[1:3]
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    dy2 = dy.reshape(-1, dy.shape[-1])
     taps = []
     for i in range(kh):
-        row = []
         for j in range(kw):
             window = lax.slice(xp, (0, i, j, 0),
                                (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1,
-                                xp.shape[3]), (1, sh, sw, 1))
-            row.append(jnp.einsum("nhwc,nhwd->cd", window, dy))
-        taps.append(jnp.stack(row))
-    return jnp.stack(taps)
+                                xp.shape[3]), (1, sh, sw, 1)).reshape(-1, xp.shape[3])
+            # Copy the window out before the matmul: fused into the dot, the strided window
+            # read made each tap's [C_in, N·H·W] × [N·H·W, C_out] product 1.5-2x slower on
+            # XLA:CPU (batch 50, 32x32, 256->256: 0.91-1.11 s fused, 0.62 s copied).
+            window = lax.optimization_barrier(window)
+            taps.append(window.T @ dy2)
+    return jnp.stack(taps).reshape(kh, kw, x.shape[-1], dy.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
