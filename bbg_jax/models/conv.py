@@ -1,17 +1,24 @@
-"""2-D convolution with a selectable weight-gradient implementation.
+"""2-D convolution with selectable CPU implementations of its forward pass and gradients.
 
 XLA:CPU computes a convolution's weight gradient slowly: on a batch-64, 32×32, 128→128 3×3
 layer of this project's 2-core CPU it took 4.3 s against 0.25 s for the input gradient and 0.32 s
 for the forward pass. Written as k×k shifted einsums (one [C_in, N·H·W] × [N·H·W, C_out] matmul per
 kernel tap, which is what im2col-based CPU libraries do) the same gradient takes 0.74 s and
-matches XLA's to 2.4e-7 relative (tests/models/test_conv.py checks the agreement; ``python -m
-bbg_jax.benchmark --config=experiments/smoke.py --config.train.conv_weight_grad=xla`` against
-the default times the whole step).
+matches XLA's to 2.4e-7 relative. For wide 3×3 stride-1 layers, Winograd F(4×4, 3×3)
+(``bbg_jax.models.winograd``) does the forward pass, the input gradient and the weight gradient
+with 36 products per 16 outputs instead of 144: batch 50, 32×32, 256→256 forward 0.37 s against
+XLA's 0.54 s, weight gradient 0.42 s against the einsums' 0.66 s. tests/models/test_conv.py checks
+each against XLA; ``python -m bbg_jax.benchmark --config.train.conv_weight_grad=...`` times the
+whole step.
 
 The implementation is chosen at trace time by ``weight_grad(impl)``, a context the train step
-enters (``train.conv_weight_grad``: "xla", "einsum", or "auto" = einsum on CPU, XLA elsewhere).
-Forward values and input gradients are XLA's in both modes, so only the weight gradient's
-arithmetic order differs; accelerator code paths are unchanged under "auto".
+enters (``train.conv_weight_grad``):
+  "xla"       XLA's convolution and its gradients (the accelerator path);
+  "einsum"    XLA's forward pass and input gradient, the weight gradient as shifted einsums;
+  "winograd"  as "einsum", but float32 3×3 stride-1 layers that ``winograd.applies`` to (at
+              least 256 channels in and out) run all three through Winograd (≈2e-5 relative to
+              XLA's direct convolution);
+  "auto"      "winograd" on CPU, "xla" elsewhere, so accelerator code paths are unchanged.
 """
 
 from __future__ import annotations
@@ -25,26 +32,29 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-IMPLS = ("xla", "einsum", "auto")
+from bbg_jax.models import winograd
+
+IMPLS = ("xla", "einsum", "winograd", "auto")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _WEIGHT_GRAD: contextvars.ContextVar[str] = contextvars.ContextVar("conv_weight_grad",
                                                                    default="xla")
 
 
 def resolve(impl: str, platform: str) -> str:
-    """"auto" -> "einsum" on CPU, "xla" on accelerators; checks the name."""
+    """"auto" -> "winograd" on CPU, "xla" on accelerators; checks the name."""
     if impl not in IMPLS:
         raise ValueError(f"train.conv_weight_grad={impl!r}; use one of {IMPLS}.")
     if impl == "auto":
-        return "einsum" if platform == "cpu" else "xla"
+        return "winograd" if platform == "cpu" else "xla"
     return impl
 
 
 @contextlib.contextmanager
 def weight_grad(impl: str) -> Iterator[None]:
-    """Convolutions traced inside use ``impl`` ("xla" or "einsum") for their weight gradient."""
-    if impl not in ("xla", "einsum"):
-        raise ValueError(f"weight_grad takes 'xla' or 'einsum' (resolve 'auto' first): {impl!r}")
+    """Convolutions traced inside use ``impl`` ("xla", "einsum" or "winograd")."""
+    if impl not in ("xla", "einsum", "winograd"):
+        raise ValueError("weight_grad takes 'xla', 'einsum' or 'winograd' (resolve 'auto' "
+                         f"first): {impl!r}")
     token = _WEIGHT_GRAD.set(impl)
     try:
         yield
@@ -85,17 +95,35 @@ def einsum_weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
     return jnp.stack(taps).reshape(kh, kw, x.shape[-1], dy.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_einsum_grad(x, w, strides, padding):
+def _use_winograd(winograd_ok, x, w, strides, padding) -> bool:
+    # float32 only: in bfloat16 the transforms' coefficients (up to 8 and 1/24) would cost
+    # most of the mantissa.
+    return (winograd_ok and x.dtype == w.dtype == jnp.float32
+            and winograd.applies(x.shape, w.shape, strides, padding))
+
+
+def _winograd_or_xla(x, w, strides, padding, winograd_ok):
+    if _use_winograd(winograd_ok, x, w, strides, padding):
+        return winograd.conv3x3(x, w)
     return _xla_conv(x, w, strides, padding)
 
 
-def _fwd(x, w, strides, padding):
-    return _xla_conv(x, w, strides, padding), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_einsum_grad(x, w, strides, padding, winograd_ok):
+    return _winograd_or_xla(x, w, strides, padding, winograd_ok)
 
 
-def _bwd(strides, padding, residuals, dy):
+def _fwd(x, w, strides, padding, winograd_ok):
+    return _winograd_or_xla(x, w, strides, padding, winograd_ok), (x, w)
+
+
+def _bwd(strides, padding, winograd_ok, residuals, dy):
     x, w = residuals
+    if _use_winograd(winograd_ok, x, w, strides, padding):
+        # A stride-1 "same" 3×3 convolution's input gradient is the same convolution of dy
+        # with the kernel turned 180° and its channel axes swapped.
+        dx = winograd.conv3x3(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+        return dx, winograd.weight_grad3x3(x, dy).astype(w.dtype)
     dx = jax.vjp(lambda x_: _xla_conv(x_, w, strides, padding), x)[1](dy)[0]
     dw = einsum_weight_grad(x, dy, w.shape[:2], strides, padding).astype(w.dtype)
     return dx, dw
@@ -109,8 +137,9 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
     """NHWC × HWIO convolution; the weight gradient follows the ``weight_grad`` context."""
     strides = tuple(int(s) for s in strides)
     pads = _explicit_padding(x.shape, w.shape, strides, padding)
-    if _WEIGHT_GRAD.get() == "einsum":
-        return _conv_einsum_grad(x, w, strides, pads)
+    impl = _WEIGHT_GRAD.get()
+    if impl != "xla":
+        return _conv_einsum_grad(x, w, strides, pads, impl == "winograd")
     return _xla_conv(x, w, strides, pads)
 
 
