@@ -154,7 +154,7 @@ ROWS = [
     _row("two image channels", f"{T} --config.data.channels=2", "fresh",
          "data.channels=2", "allowed 1, 3"),
     _row("unknown convolution gradient", f"{T} --config.train.conv_weight_grad=cudnn", "fresh",
-         "train.conv_weight_grad='cudnn'", "allowed 'xla', 'einsum', 'auto'"),
+         "train.conv_weight_grad='cudnn'", "allowed 'xla', 'einsum', 'winograd', 'auto'"),
     _row("unknown evaluator", f"{T} --config.eval.evaluators=('samples','fd')", "fresh",
          "eval.evaluators=('samples', 'fd')",
          "allowed a subset of ('samples', 'fid', 'probe', 'diagnostics')"),

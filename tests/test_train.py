@@ -280,19 +280,25 @@ def test_online_probe_learns_without_touching_the_encoder(step_setup):
 
 
 @pytest.mark.slow
-def test_einsum_weight_gradient_step_matches_xla():
-    """The CPU default (train.conv_weight_grad = auto -> einsum) computes XLA's step."""
+@pytest.mark.parametrize("cpu_impl", ["einsum", "winograd"])
+def test_cpu_convolution_step_matches_xla(monkeypatch, cpu_impl):
+    """The CPU paths (train.conv_weight_grad = einsum, or auto -> winograd, here on every 3×3
+    stride-1 layer of the smoke model) compute XLA's step."""
+    from bbg_jax.models import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     results = {}
-    for impl in ("xla", "einsum"):
+    for impl in ("xla", cpu_impl):
         config = smoke()
         config.train.conv_weight_grad = impl
         fns = make_step_functions(config)
         state = jax.jit(lambda k, c=config: create_train_state(c, k))(jax.random.key(0))
         batch = next(loop.step_batches(config, sharding.make_mesh(), 0))
         results[impl] = jax.jit(fns.train_step)(state, batch)
-    (ref_state, ref_m), (state, m) = results["xla"], results["einsum"]
+    (ref_state, ref_m), (state, m) = results["xla"], results[cpu_impl]
+    rtol = {"einsum": 1e-5, "winograd": 1e-4}[cpu_impl]  # Winograd: ≈2e-5 per layer
     for k in ("grad_norm_D", "grad_norm_G", "grad_norm_E", "d_loss", "g_loss", "e_loss"):
-        np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
+        np.testing.assert_allclose(m[k], ref_m[k], rtol=rtol, err_msg=k)
     for name in ("G", "E", "D"):
         a = jnp.concatenate([x.ravel() for x in jax.tree.leaves(ref_state.params[name])])
         b = jnp.concatenate([x.ravel() for x in jax.tree.leaves(state.params[name])])
