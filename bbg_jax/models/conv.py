@@ -134,7 +134,7 @@ _conv_einsum_grad.defvjp(_fwd, _bwd)
 
 def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
            padding: str | Sequence[tuple[int, int]] = "SAME") -> jax.Array:
-    """NHWC × HWIO convolution; the weight gradient follows the ``weight_grad`` context."""
+    """NHWC × HWIO convolution, computed as the ``weight_grad`` context says."""
     strides = tuple(int(s) for s in strides)
     pads = _explicit_padding(x.shape, w.shape, strides, padding)
     impl = _WEIGHT_GRAD.get()

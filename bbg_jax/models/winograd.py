@@ -71,12 +71,13 @@ def _input_tiles(x: jax.Array) -> jax.Array:
 
 
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
-    """NHWC × HWIO, stride 1, padding 1 (``applies`` must hold)."""
+    """NHWC × HWIO, stride 1, padding 1 (``applies`` must hold). The backward pass recomputes
+    the input tiles rather than keeping them (2.25× the input's size per layer)."""
     n, h, wd, _ = x.shape
     a, m = TILE + 2, TILE
     th, tw = h // m, wd // m
-    g = jnp.asarray(_G, jnp.float32)
-    u_w = jnp.einsum("pi,qj,ijcd->pqcd", g, g, w.astype(jnp.float32)).astype(w.dtype)
+    g = jnp.asarray(_G, w.dtype)
+    u_w = jnp.einsum("pi,qj,ijcd->pqcd", g, g, w)
     prod = jnp.einsum("pkc,pcd->pkd", _input_tiles(x), u_w.reshape(a * a, w.shape[2], -1))
     prod = prod.reshape(a, a, n, th, tw, -1)
     r = [_combine(_AT[i], [prod[p] for p in range(a)]) for i in range(m)]
