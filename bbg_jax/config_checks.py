@@ -51,7 +51,11 @@ from bbg_jax.models import conv, layers
 from bbg_jax.models.build import DTYPES
 from bbg_jax.models.discriminator import BIGGAN_D_CHANNELS
 from bbg_jax.models.encoder import _TOTAL_STRIDE, ROOTS, VALID_TRUNKS
-from bbg_jax.models.generator import BIGGAN_DEEP_G_CHANNELS, BIGGAN_G_CHANNELS
+from bbg_jax.models.generator import (
+    BIGGAN_DEEP_G_CHANNELS,
+    BIGGAN_G_CHANNELS,
+    SINGLE_EMBED_INITS,
+)
 from bbg_jax.train import PRIORS
 from bbg_jax.train_state import check_networks
 
@@ -195,6 +199,10 @@ def _check_model(m: Any) -> None:
     check_int("model.generator.num_classes", _get(g, "num_classes"), 1)
     check_int("model.generator.embed_dim", _get(g, "embed_dim"), 1)
     check_bool("model.generator.hierarchical_z", _get(g, "hierarchical_z"))
+    check_choice("model.generator.cbn_map_init", _get(g, "cbn_map_init", "zeros"),
+                 layers.CBN_MAP_INITS)
+    check_choice("model.generator.single_embed_init", _get(g, "single_embed_init", "normal"),
+                 SINGLE_EMBED_INITS)
     check_number("model.generator.bn_momentum", _get(g, "bn_momentum"), 0, 1, high_open=True)
     _check_int_sequence("model.generator.attention_resolutions",
                         _get(g, "attention_resolutions", None), 1)

@@ -131,6 +131,12 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     g.attention_resolutions = ml_collections.FieldReference(None, field_type=tuple)
     g.deep = False
     g.bn_momentum = 0.99  # [open]; G is evaluated with standing statistics anyway
+    # Conditional BN maps W_γ, W_β: "orthogonal" + spectral norm (BigGAN-PyTorch, compare_gan),
+    # or "zeros" (CBN = BN at initialisation: G then ignores all z chunks but the first).
+    g.cbn_map_init = "orthogonal"
+    # conditioning="single": the one label's embedding, unit norm ("orthogonal", as the
+    # references) or N(0, 1) per entry ("normal": ≈ 11 times the norm at embed_dim 128).
+    g.single_embed_init = "orthogonal"
 
     m.discriminator = ml_collections.ConfigDict()
     d = m.discriminator

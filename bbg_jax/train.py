@@ -87,11 +87,13 @@ class StepFunctions(NamedTuple):
 
     ``draw(key, n)`` -> latents/noise; ``d_update(state, real, noise)`` and
     ``ge_update(state, real, noise)`` -> (state, metrics); ``train_step(state, batch)`` composes
-    them.
+    them. ``d_update_on_pairs(state, (x, ẑ), (x̂, z))`` is the D update on pairs made by the
+    caller.
     """
 
     draw: Callable
     d_update: Callable
+    d_update_on_pairs: Callable
     ge_update: Callable
     train_step: Callable
 
@@ -154,15 +156,18 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
     def real_view(batch: Batch, i: int) -> dict[str, jax.Array]:
         return {k: v[i] for k, v in batch.items()}
 
-    def d_scores(d_vars, real, noise, x_fake, z_hat, train, mutable):
-        """D on encoder (real) pairs and generator pairs in one pass."""
-        x = _interleave(real["image_d"], x_fake)
+    def pair_seconds(real, noise, z_hat):
+        """What D reads beside x on each side: (ẑ = E(x), z), (label, y) or nothing."""
         if E is not None:
-            second = _interleave(z_hat, noise["z"])
-        elif config.model.discriminator.num_classes > 0:
-            second = _interleave(real["label"], noise["y"])
-        else:
-            second = None
+            return z_hat, noise["z"]
+        if config.model.discriminator.num_classes > 0:
+            return real["label"], noise["y"]
+        return None, None
+
+    def d_scores(d_vars, enc_pairs, gen_pairs, train, mutable):
+        """D on encoder (real) pairs and generator pairs, each (x, second), in one pass."""
+        x = _interleave(enc_pairs[0], gen_pairs[0])
+        second = None if enc_pairs[1] is None else _interleave(enc_pairs[1], gen_pairs[1])
         out = D.apply(d_vars, x, second, train=train, mutable=mutable)
         scores, new_state = out if mutable else (out, None)
         enc, gen = _split_scores(scores)
@@ -185,14 +190,17 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                        noise=noise["eps"], mutable=mutable)
 
     @conv_context
-    def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
-        x_fake = generate(state, None, noise, mutable=False)
-        z_hat = encode(state, None, real, noise, mutable=False)["z_sample"] if E else None
-        x_fake, z_hat = jax.lax.stop_gradient((x_fake, z_hat))
+    def d_update_on_pairs(state: TrainState, enc_pairs: tuple, gen_pairs: tuple
+                          ) -> tuple[TrainState, dict]:
+        """One D update on given encoder pairs (x, ẑ) and generator pairs (x̂, z).
+
+        The D update of the step with the pairs made elsewhere: tests use it to train D alone on
+        pairs whose answer is known (matched against shuffled).
+        """
 
         def loss_fn(d_params):
             enc, gen, new_d_state = d_scores(
-                variables(state, "D", d_params), real, noise, x_fake, z_hat,
+                variables(state, "D", d_params), enc_pairs, gen_pairs,
                 train=True, mutable=["spectral"])
             losses = bigbigan_losses(enc, gen, terms)
             return losses["d_loss"], (losses, new_d_state)
@@ -205,6 +213,14 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             model_state={**state.model_state, "D": {**state.model_state["D"], **new_d_state}},
         )
         return state, {**losses, "grad_norm_D": l2_norm(grads)}
+
+    @conv_context
+    def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
+        x_fake = generate(state, None, noise, mutable=False)
+        z_hat = encode(state, None, real, noise, mutable=False)["z_sample"] if E else None
+        x_fake, z_hat = jax.lax.stop_gradient((x_fake, z_hat))
+        second_enc, second_gen = pair_seconds(real, noise, z_hat)
+        return d_update_on_pairs(state, (real["image_d"], second_enc), (x_fake, second_gen))
 
     @conv_context
     def ge_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
@@ -225,8 +241,9 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                 enc = None
                 gen = d_scores_generated(variables(state, "D"), noise, x_fake)
             else:
-                enc, gen, _ = d_scores(variables(state, "D"), real, noise, x_fake, z_hat,
-                                       train=False, mutable=False)
+                second_enc, second_gen = pair_seconds(real, noise, z_hat)
+                enc, gen, _ = d_scores(variables(state, "D"), (real["image_d"], second_enc),
+                                       (x_fake, second_gen), train=False, mutable=False)
             losses = bigbigan_losses(enc, gen, terms)
             total = losses["g_loss"] + losses.get("e_loss", 0.0)
             if t.ortho_reg_weight > 0:
@@ -294,7 +311,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
                 metrics[f"lr_{k}"] = jnp.asarray(sched(state.step), jnp.float32)
         return state.replace(step=new_step, ema_params=ema), metrics
 
-    return StepFunctions(draw, d_update, ge_update, train_step)
+    return StepFunctions(draw, d_update, d_update_on_pairs, ge_update, train_step)
 
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh: Mesh

@@ -8,6 +8,10 @@ report) records:
   correlation between z and E's ``z_mean`` of G(z) (1 when E inverts G up to a per-dimension
   affine map, 0 when they are unrelated); ``latent_recovery_rel_error_{raw,ema}``: the mean of
   ||z_mean - z|| / ||z|| (0 for an exact inverse, 1 for z_mean = 0).
+* ``z_chunk_effect_{i}_raw`` (hierarchical z only): the mean |G(z') − G(z)| per pixel when
+  z' redraws chunk i of z (the chunk that feeds G's first layer is 0, block i's conditional
+  BN reads chunk i): how much of each chunk reaches x, so how much of z D can see and E can
+  recover. ``latent_recovery_corr_chunk_{i}_raw``: latent recovery over that chunk's dimensions.
 * ``encoder_z_stdev_mean``: the mean of E's posterior scale on evaluation images (near 1, the
   prior's scale, z_sample is mostly noise and s_xz has little to read).
 * ``score_gap_{xz,x,z}``: D's mean score on encoder pairs (x, E(x)) minus that on generator
@@ -37,7 +41,15 @@ JUDGES = ("pixel", "probe")
 PROBE_JUDGE_FEATURE = "bn_crelu_feat"
 # The names of the metrics this module writes begin with one of these.
 METRIC_PREFIXES = ("latent_recovery_", "encoder_z_stdev_mean", "score_gap_", "recon_agreement_",
-                   "recon_accuracy_")
+                   "recon_accuracy_", "z_chunk_effect_")
+
+
+def z_chunks(config: ml_collections.ConfigDict) -> int:
+    """How many equal chunks G splits z into (1 when z is not hierarchical)."""
+    g = config.model.generator
+    if not g.hierarchical_z or g.deep:
+        return 1
+    return len(build_models(config)["G"].channel_plan()[0]) + 1
 
 
 def latent_recovery(z: np.ndarray, z_hat: np.ndarray) -> dict[str, float]:
@@ -113,6 +125,16 @@ class Diagnostics:
         z_dim = config.model.z_dim
         self.noise = np.asarray(jax.random.normal(jax.random.key(ev.seed + 5),
                                                   (len(self.real["label"]), z_dim)))
+        self.chunks = z_chunks(config)
+        # z with one chunk redrawn, for each chunk (``z_chunk_effect_*``).
+        fresh = np.asarray(generation.draw_latents(config, jax.random.key(ev.seed + 6),
+                                                   dg.num_samples)[0])
+        width = z_dim // self.chunks
+        self.z_redrawn = []
+        for i in range(self.chunks if self.chunks > 1 else 0):
+            z = self.z.copy()
+            z[:, i * width:(i + 1) * width] = fresh[:, i * width:(i + 1) * width]
+            self.z_redrawn.append(z)
         E, D = self.E, self.D
 
         def encode(variables, batch):
@@ -228,9 +250,11 @@ class Diagnostics:
             sample = self.sampler.bind(state, which, ev.bn_stats, jax.random.key(ev.seed + 1),
                                        ev.standing_batches, ev.batch_size)
             fake = self._generate(sample, self.z, self.y)
-            for k, v in latent_recovery(self.z, encode(self._for_encoder(fake))["z_mean"]
-                                        ).items():
+            z_mean = encode(self._for_encoder(fake))["z_mean"]
+            for k, v in latent_recovery(self.z, z_mean).items():
                 out[f"latent_recovery_{k}_{which}"] = v
+            if which == "raw":
+                out.update(self._chunks(sample, fake, z_mean))
             recon = self._for_encoder(self._generate(sample, real_e["z_mean"], y_real))
             recon_e = encode(recon)
             for j, (classifier, feature) in judges.items():
@@ -241,6 +265,18 @@ class Diagnostics:
             if which == "raw":
                 out.update(self._score_gap(d_rep, e_rep, fake))
         return out, {}
+
+    def _chunks(self, sample, fake: np.ndarray, z_mean: np.ndarray) -> dict[str, float]:
+        """Per chunk of z: how much redrawing it changes G(z), and E's recovery of it."""
+        out = {}
+        width = self.z.shape[1] // self.chunks
+        for i, z in enumerate(self.z_redrawn):
+            moved = self._generate(sample, z, self.y)
+            out[f"z_chunk_effect_{i}_raw"] = float(np.mean(np.abs(moved - fake)))
+            part = slice(i * width, (i + 1) * width)
+            out[f"latent_recovery_corr_chunk_{i}_raw"] = latent_recovery(
+                self.z[:, part], z_mean[:, part])["corr"]
+        return out
 
     def _score_gap(self, d_rep, e_rep, fake: np.ndarray) -> dict[str, float]:
         """D (evaluation mode) on encoder pairs (x, z_sample of E(x)) and generator pairs."""
@@ -264,9 +300,17 @@ def format_lines(first: dict, last: dict, chance: float) -> list[str]:
         return f"step {first['step']} {a:{fmt}} -> step {last['step']} {b:{fmt}}"
 
     lines = [f"  latent recovery corr (raw G): {change('latent_recovery_corr_raw')}; "
-             f"EMA G: {change('latent_recovery_corr_ema')}",
-             f"  E's mean z_stdev {change('encoder_z_stdev_mean')}; D's s_xz gap (encoder - "
-             f"generator pairs) {change('score_gap_xz')}"]
+             f"EMA G: {change('latent_recovery_corr_ema')}"]
+    chunks = sorted(int(k.split("_")[3]) for k in last if k.startswith("z_chunk_effect_"))
+    if chunks:
+        def per_chunk(name: str) -> str:
+            return " / ".join(f"{last[name.format(i)]:.3f}" for i in chunks)
+
+        lines.append(f"  per z chunk {' / '.join(map(str, chunks))} at step {last['step']}: "
+                     f"mean |dx| when redrawn {per_chunk('z_chunk_effect_{}_raw')}; latent "
+                     f"recovery {per_chunk('latent_recovery_corr_chunk_{}_raw')}")
+    lines.append(f"  E's mean z_stdev {change('encoder_z_stdev_mean')}; D's s_xz gap (encoder - "
+                 f"generator pairs) {change('score_gap_xz')}")
     for judge in JUDGES:
         parts = [f"{which} G {last[f'recon_agreement_{judge}_{which}']:.3f}"
                  for which in ("raw", "ema") if f"recon_agreement_{judge}_{which}" in last]

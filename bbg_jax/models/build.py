@@ -65,6 +65,9 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             out_channels=m.image_channels, bn_eps=m.bn_eps, bn_momentum=g.bn_momentum,
             sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl, remat="G" in remat,
             bn_groups=m.get("bn_groups", 1),
+            # A config saved before these keys existed builds the model it trained.
+            cbn_map_init=g.get("cbn_map_init", "zeros"),
+            single_embed_init=g.get("single_embed_init", "normal"),
         )
     }
     if d.resolution != g.resolution:

@@ -15,8 +15,8 @@ Deviations from compare_gan, each for a stated reason:
 
 * The final image is tanh in [-1, 1] (compare_gan rescales to [0, 1]); the data pipeline works in
   [-1, 1] as the paper does.
-* The conditional BN gains/biases are zero-initialised and not spectrally normalised (see
-  ``layers.ConditionalBatchNorm``), so CBN equals BN at initialisation.
+* ``cbn_map_init="zeros"`` (not the default) zero-initialises the conditional BN maps, an
+  earlier departure kept for comparison (see ``layers.ConditionalBatchNorm``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ DEFAULT_ATTENTION = {32: (), 64: (32,), 128: (64,), 256: (128,), 512: (64,)}
 DEFAULT_Z_DIM = {32: 120, 64: 120, 128: 120, 256: 140, 512: 160}
 
 
+SINGLE_EMBED_INITS = ("orthogonal", "normal")
+
+
+def _single_embedding_init(name: str):
+    """The single label's embedding: a row of an orthogonal matrix (unit norm, as the references'
+    one-hot label through an orthogonally initialised linear map or embedding table) or N(0, 1)
+    per entry (norm ≈ √embed_dim, which drowns the z chunks in every CBN's conditioning)."""
+    if name == "orthogonal":
+        return lambda key, shape, dtype: nn.initializers.orthogonal()(key, (1, *shape), dtype)[0]
+    if name == "normal":
+        return nn.initializers.normal(1.0)
+    raise ValueError(f"single_embed_init={name!r}; use one of {SINGLE_EMBED_INITS}.")
+
+
 def upsample(x: Array) -> Array:
     """2× nearest-neighbour upsampling (NHWC)."""
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -67,11 +81,13 @@ class GBlock(nn.Module):
     sn_eps: float
     dtype: Any
     bn_groups: int = 1
+    cbn_map_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
-            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, map_init=self.cbn_map_init,
+            sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         conv = lambda k, name: layers.SNConv(  # noqa: E731
             self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         h = nn.relu(cbn("bn1")(x, cond, train))
@@ -94,6 +110,7 @@ class GDeepBlock(nn.Module):
     sn_eps: float
     dtype: Any
     bn_groups: int = 1
+    cbn_map_init: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
@@ -102,7 +119,8 @@ class GDeepBlock(nn.Module):
             raise ValueError("A BigGAN-deep G block cannot increase the channel count.")
         mid = max(in_channels, self.out_channels) // 4
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
-            self.bn_momentum, self.bn_eps, groups=self.bn_groups, dtype=self.dtype, name=name)
+            self.bn_momentum, self.bn_eps, groups=self.bn_groups, map_init=self.cbn_map_init,
+            sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         conv = lambda f, k, name: layers.SNConv(  # noqa: E731
             f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
         h = conv(mid, 1, "conv1")(nn.relu(cbn("bn1")(x, cond, train)), train)
@@ -134,6 +152,9 @@ class Generator(nn.Module):
         (None = the published positions for this resolution).
       deep: BigGAN-deep architecture.
       out_channels: image channels (3, or 1 for grayscale data).
+      cbn_map_init: how the conditional BN maps W_γ, W_β start: "orthogonal" (spectrally
+        normalised, as BigGAN-PyTorch and compare_gan) or "zeros" (see
+        ``layers.ConditionalBatchNorm``).
     """
 
     resolution: int = 128
@@ -153,6 +174,8 @@ class Generator(nn.Module):
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
     bn_groups: int = 1  # grouped batch norm (1 = over the whole global batch)
+    cbn_map_init: str = "orthogonal"
+    single_embed_init: str = "orthogonal"
 
     def channel_plan(self) -> tuple[list[int], list[int]]:
         plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
@@ -166,7 +189,8 @@ class Generator(nn.Module):
 
     def _embedding(self, label: Array | None, batch: int) -> Array | None:
         if self.conditioning == "single":
-            e = self.param("embed", nn.initializers.normal(1.0), (self.embed_dim,), jnp.float32)
+            e = self.param("embed", _single_embedding_init(self.single_embed_init),
+                           (self.embed_dim,), jnp.float32)
             return jnp.broadcast_to(e, (batch, self.embed_dim))
         if self.conditioning == "class":
             if label is None:
@@ -218,12 +242,14 @@ class Generator(nn.Module):
                 up = i % 2 == 1
                 block = layers.maybe_remat(GDeepBlock, self.remat, 3)(
                     c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    bn_groups=self.bn_groups, name=f"block_{i}")
+                    bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,
+                    name=f"block_{i}")
             else:
                 up = True
                 block = layers.maybe_remat(GBlock, self.remat, 3)(
                     c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    bn_groups=self.bn_groups, name=f"block_{i}")
+                    bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,
+                    name=f"block_{i}")
             h = block(h, cond, train)
             size *= 2 if up else 1
             # Attention follows the (up-)block that reaches an attention resolution.

@@ -218,31 +218,50 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+CBN_MAP_INITS = ("orthogonal", "zeros")
+
+
 class ConditionalBatchNorm(nn.Module):
     """BigGAN's conditional batch norm: y = x̂ · (1 + W_γ c) + W_β c.
 
-    x̂ is x normalised without an affine transform. W_γ and W_β are bias-free linear maps of the
-    conditioning vector c, initialised to zero so that the layer equals plain batch norm at
-    initialisation (the "+1" on the gain is what makes this work; compare_gan shipped without it).
-    They are not spectrally normalised: a zero-initialised weight has no spectral norm to divide by.
+    x̂ is x normalised without an affine transform; W_γ and W_β are bias-free linear maps of the
+    conditioning vector c. ``map_init`` says how they start:
+
+    * ``"orthogonal"`` (BigGAN-PyTorch's ``ccbn`` and compare_gan): orthogonally initialised and
+      spectrally normalised like every other weight of G, so each z chunk in c changes every
+      block's gain and bias from the first step (with the "+1" on the gain, which compare_gan
+      shipped without).
+    * ``"zeros"``: zero-initialised and not normalised, so the layer equals plain batch norm at
+      initialisation. With hierarchical z this makes G ignore every z chunk but the first at
+      initialisation, and those chunks stay nearly unused through training, which leaves
+      them invisible to D and unrecoverable by E (docs/fashion_mnist.md, "Why the joint term
+      was silent"); kept for comparison with earlier runs.
     """
 
     momentum: float = 0.99
     eps: float = 1e-4
     axis_name: str | None = None
     groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
+    map_init: str = "orthogonal"  # see CBN_MAP_INITS
+    sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool = True) -> Array:
+        if self.map_init not in CBN_MAP_INITS:
+            raise ValueError(f"ConditionalBatchNorm map_init={self.map_init!r}; use one of "
+                             f"{CBN_MAP_INITS}.")
         c = x.shape[-1]
         y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
             x, train)
-        dense = lambda name: nn.Dense(  # noqa: E731
-            c, use_bias=False, kernel_init=nn.initializers.zeros, dtype=jnp.float32, name=name
-        )
-        gain = 1.0 + dense("gamma")(cond.astype(jnp.float32))
-        bias = dense("beta")(cond.astype(jnp.float32))
+        orthogonal = self.map_init == "orthogonal"
+        dense = lambda name: SNDense(  # noqa: E731
+            c, use_bias=False, spectral_norm=orthogonal, sn_eps=self.sn_eps,
+            kernel_init=orthogonal_init if orthogonal else nn.initializers.zeros,
+            dtype=jnp.float32, name=name)
+        cond = cond.astype(jnp.float32)
+        gain = 1.0 + dense("gamma")(cond, train)
+        bias = dense("beta")(cond, train)
         expand = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
         return (y * gain[expand] + bias[expand]).astype(self.dtype)
 

@@ -54,3 +54,15 @@ def test_format_lines_show_the_change_between_evaluations():
     assert "  reconstruction class agreement, pixel judge: raw G 0.410, ema G 0.300 " \
            "(chance 0.10)" in lines
     assert "  reconstruction class agreement, probe judge: raw G 0.500 (chance 0.10)" in lines
+    assert not any("per z chunk" in line for line in lines)
+
+
+def test_format_lines_show_each_z_chunk_when_measured():
+    first = {"step": 250, "latent_recovery_corr_raw": 0.01}
+    last = {"step": 500, "latent_recovery_corr_raw": 0.25, "encoder_z_stdev_mean": 0.5,
+            "score_gap_xz": 0.4,
+            **{f"z_chunk_effect_{i}_raw": v for i, v in enumerate((0.4, 0.07, 0.0))},
+            **{f"latent_recovery_corr_chunk_{i}_raw": v for i, v in enumerate((0.5, 0.2, 0.0))}}
+    lines = diagnostics.format_lines(first, last, 0.1)
+    assert lines[1] == ("  per z chunk 0 / 1 / 2 at step 500: mean |dx| when redrawn "
+                        "0.400 / 0.070 / 0.000; latent recovery 0.500 / 0.200 / 0.000")

@@ -70,10 +70,10 @@ def test_spectral_norm_gradient_matches_finite_difference():
     np.testing.assert_allclose(grad[idx], fd, rtol=1e-2)
 
 
-def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
+def test_zero_initialised_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
     x = jax.random.normal(jax.random.key(0), (16, 4, 4, 8)) * 3 + 1
     cond = jax.random.normal(jax.random.key(1), (16, 20))
-    cbn = layers.ConditionalBatchNorm(eps=1e-4)
+    cbn = layers.ConditionalBatchNorm(eps=1e-4, map_init="zeros")
     variables = cbn.init(jax.random.key(2), x, cond, train=False)
     y, state = jax.jit(functools.partial(cbn.apply, train=True, mutable=["batch_stats"]))(
         variables, x, cond)
@@ -94,10 +94,34 @@ def test_conditional_bn_equals_plain_bn_at_init_and_uses_batch_stats():
     np.testing.assert_allclose(stats["var"], 0.99 + 0.01 * var, rtol=1e-5)
 
 
+def test_orthogonal_conditional_bn_reads_the_condition_from_the_first_step():
+    """The references' CBN: orthogonal, spectrally normalised maps. An orthogonal (5 -> 3)
+    kernel has every singular value 1, so σ = 1 and y = x̂ (1 + c W_γ) + c W_β exactly."""
+    x = jax.random.normal(jax.random.key(0), (6, 2, 2, 3))
+    cond = jax.random.normal(jax.random.key(1), (6, 5))
+    cbn = layers.ConditionalBatchNorm(eps=1e-4)
+    variables = cbn.init(jax.random.key(2), x, cond, train=False)
+    wg = variables["params"]["gamma"]["kernel"]
+    wb = variables["params"]["beta"]["kernel"]
+    np.testing.assert_allclose(wg.T @ wg, np.eye(3), atol=1e-5)
+    y = cbn.apply(variables, x, cond, train=False)
+    xhat = x / jnp.sqrt(1 + 1e-4)
+    expected = xhat * (1 + cond @ wg)[:, None, None, :] + (cond @ wb)[:, None, None, :]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert float(jnp.std(cond @ wg, axis=0).min()) > 0.3  # the gain differs between samples
+    assert set(variables["spectral"]) == {"gamma", "beta"}
+
+
+def test_conditional_bn_rejects_an_unknown_map_init():
+    x, cond = jnp.zeros((2, 2, 2, 3)), jnp.zeros((2, 5))
+    with pytest.raises(ValueError, match="map_init='ones'"):
+        layers.ConditionalBatchNorm(map_init="ones").init(jax.random.key(0), x, cond)
+
+
 def test_conditional_bn_gain_and_bias_follow_condition():
     x = jax.random.normal(jax.random.key(0), (6, 2, 2, 3))
     cond = jax.random.normal(jax.random.key(1), (6, 5))
-    cbn = layers.ConditionalBatchNorm()
+    cbn = layers.ConditionalBatchNorm(map_init="zeros")
     variables = cbn.init(jax.random.key(2), x, cond, train=False)
     wg = jax.random.normal(jax.random.key(3), (5, 3))
     wb = jax.random.normal(jax.random.key(4), (5, 3))
