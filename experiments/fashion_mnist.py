@@ -8,10 +8,11 @@ Hardware:  a 2-core CPU: 1.25-1.46 s per step, 25.9 min end to end with set-up, 
            The script splits the batch over 2 simulated host devices (XLA_FLAGS), and
            train.conv_weight_grad=auto computes conv weight gradients as einsums on CPU
            (no layer here is wide enough for its Winograd path).
-Expected:  at 750 steps (3 seeds) linear-probe test top-1 74.7 +- 1.0 % (bn_crelu_feat) against
-           71.5 % for the random-weight encoder (margin +3.2 +- 1.1 points) and 84.2 % for raw
-           pixels; FID-500 100 +- 6; reconstruction class agreement 18 +- 6 % (raw G, pixel
-           judge; chance 10 %) (README "Results summary", docs/fashion_mnist.md).
+Expected:  at 750 steps (seed 0) linear-probe test top-1 76.1 % (bn_crelu_feat) against 71.1 %
+           for the random-weight encoder (margin +5.1 points; +3.2 +- 1.1 over 3 seeds with
+           zero-initialised CBN maps) and 84.2 % for raw pixels; FID-500 99; latent recovery
+           0.015; reconstruction class agreement 15 % (raw G, pixel judge; chance 10 %)
+           (README "Results summary", docs/fashion_mnist.md).
 
 The same code as the ImageNet configs — BigGAN-style G and D trunk F, residual-MLP H and J,
 stochastic ResNet-v2 encoder with the BigBiGAN head, the full objective — at 32 px (28 px padded

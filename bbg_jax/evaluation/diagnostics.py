@@ -36,6 +36,7 @@ from bbg_jax import paths
 from bbg_jax.evaluation import generation, probe
 from bbg_jax.evaluation.sharded import ShardedFn, one_answer, replicate
 from bbg_jax.models import build_models
+from bbg_jax.models.generator import BIGGAN_G_CHANNELS
 
 JUDGES = ("pixel", "probe")
 PROBE_JUDGE_FEATURE = "bn_crelu_feat"
@@ -45,11 +46,12 @@ METRIC_PREFIXES = ("latent_recovery_", "encoder_z_stdev_mean", "score_gap_", "re
 
 
 def z_chunks(config: ml_collections.ConfigDict) -> int:
-    """How many equal chunks G splits z into (1 when z is not hierarchical)."""
+    """How many equal chunks G splits z into (1 when z is not hierarchical): one for the first
+    layer and one per block, as ``Generator`` splits it."""
     g = config.model.generator
     if not g.hierarchical_z or g.deep:
         return 1
-    return len(build_models(config)["G"].channel_plan()[0]) + 1
+    return len(BIGGAN_G_CHANNELS.get(g.resolution, ())) or 1
 
 
 def latent_recovery(z: np.ndarray, z_hat: np.ndarray) -> dict[str, float]:
