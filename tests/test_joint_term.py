@@ -1,5 +1,7 @@
 """BigBiGAN's joint term s_xz, which is what pushes E towards G⁻¹, tested alone and in the step.
 
+0. *G shows z*: every z chunk changes G's images at initialisation (without that, most of z is
+   invisible to D and unrecoverable by E whatever the joint term does).
 1. *D can learn the joint*: G frozen at initialisation; "encoder pairs" (G(z), z) against the
    same images with z permuted within the batch. Both marginals are identical, so only s_xz can
    separate them. D alone trains on them with the step's own D update
@@ -11,8 +13,6 @@
 3. *The game couples E to G*: the frozen-G game inside the real training step (G stays at its
    initial weights and the data are its own samples, so E = G⁻¹ is the game's exact optimum):
    D's s_xz gap and E's latent recovery must rise.
-
-0. *G shows z*: every z chunk changes G's images at initialisation (the cause found first).
 
 Widths are narrow (G and D ch 8, H and J 2 x 64, E at 1/8 width) to fit the default suite;
 docs/fashion_mnist.md ("Why the joint term was silent") has the same measurements at the main
