@@ -5,7 +5,9 @@
 
 Prints a table and one JSON line per run: compile time; median and spread of the step time over
 ``--steps`` steps after warm-up; images/s; the compiled step's FLOPs (XLA cost analysis) beside
-the analytic count (``bbg_jax.flops``); achieved FLOP/s and its fraction of the platform's peak;
+the analytic count (``bbg_jax.flops``); achieved FLOP/s and its fraction of the platform's peak
+(``peak_used``: bf16; for float32 TF32 where XLA runs float32 matmuls as TF32, the GPU default,
+else fp32); whether every timed step's metrics were finite, and the last step's losses;
 peak device memory where the platform reports it, and XLA's compiled temporary and argument
 bytes per device on every platform. ``--pieces`` also times G/E/D forward passes,
 the D update, the G/E update, the spectral-norm power iterations and self-attention.
@@ -14,6 +16,7 @@ the D update, the G/E update, the spectral-norm power iterations and self-attent
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,24 +49,58 @@ def _define_flags() -> None:
     _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
 
 
-# Dense peak FLOP/s per chip, (bf16, fp32). fp32 on NVIDIA is the non-tensor-core rate
-# (TF32 tensor cores give 494/378 TFLOP/s on H100/A100 dense).
+# Dense (no sparsity) peak FLOP/s per chip: (bf16, tf32, fp32). bf16 and tf32 are the tensor
+# cores' rates, fp32 the non-tensor-core rate (NVIDIA's datasheets: H100 SXM and H200 989 / 494 /
+# 67 TFLOP/s, H100 PCIe 756 / 378 / 51, A100 312 / 156 / 19.5). TPUs: bf16 only (None: unknown).
+# More specific names first: the first name found in the device kind wins.
 PEAKS = {
-    "H100": (989e12, 67e12),
-    "H200": (989e12, 67e12),
-    "A100": (312e12, 19.5e12),
-    "TPU v4": (275e12, None),
-    "TPU v5 lite": (197e12, None),
-    "TPU v5p": (459e12, None),
+    "H100 PCIe": (756e12, 378e12, 51e12),
+    "H100": (989e12, 494e12, 67e12),
+    "H200": (989e12, 494e12, 67e12),
+    "A100": (312e12, 156e12, 19.5e12),
+    "TPU v4": (275e12, None, None),
+    "TPU v5 lite": (197e12, None, None),
+    "TPU v5p": (459e12, None, None),
 }
+
+# jax_default_matmul_precision values under which XLA keeps float32 matmuls and convolutions
+# in float32 on a GPU; every other value (None, the default, included) lets it use TF32 tensor
+# cores ("default"/"bfloat16"/"fastest" and "high"/"tensorfloat32" both do on Ampere and later).
+_FULL_FP32 = ("highest", "float32", "f32_f32_f32", "any_f32_f32_f32")
+
+
+def fp32_matmuls_run_as_tf32(device: jax.Device) -> bool:
+    """Whether XLA runs this program's float32 matmuls and convolutions as TF32 on ``device``:
+    a GPU, the default matmul precision not raised to float32, and NVIDIA's global switch
+    ``NVIDIA_TF32_OVERRIDE=0`` not set."""
+    if device.platform != "gpu" or os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
+        return False
+    precision = jax.config.jax_default_matmul_precision
+    return str(precision).lower() not in _FULL_FP32 if precision is not None else True
+
+
+def peak_info(device: jax.Device, dtype: str) -> tuple[float | None, str | None]:
+    """(peak FLOP/s per device, which peak): "bf16"; for float32 "tf32" where XLA runs float32
+    matmuls as TF32 (``fp32_matmuls_run_as_tf32``) and the chip has TF32 tensor cores, else
+    "fp32"; (None, None) on CPUs and unknown chips."""
+    kind = device.device_kind.lower()
+    for name, (bf16, tf32, fp32) in PEAKS.items():
+        if name.lower() in kind:
+            if dtype == "bfloat16":
+                return bf16, "bf16"
+            if tf32 is not None and fp32_matmuls_run_as_tf32(device):
+                return tf32, "tf32"
+            return fp32, "fp32"
+    return None, None  # CPU and unknown chips: no peak to compare against
 
 
 def platform_peak(device: jax.Device, dtype: str) -> float | None:
-    kind = device.device_kind
-    for name, (bf16, fp32) in PEAKS.items():
-        if name.lower() in kind.lower():
-            return bf16 if dtype == "bfloat16" else fp32
-    return None  # CPU and unknown chips: no peak to compare against
+    return peak_info(device, dtype)[0]
+
+
+def fraction_of_peak(achieved: float | None, peak: float | None, devices: int) -> float | None:
+    """Achieved FLOP/s over the peak of all devices (None when either is unknown)."""
+    return None if peak is None or achieved is None else achieved / (peak * devices)
 
 
 def time_fn(fn: Callable[[], Any], steps: int) -> tuple[float, list[float]]:
@@ -108,21 +145,26 @@ def benchmark_step(config, steps: int) -> dict[str, Any]:
     # change memory, this shows it on every platform (peak_memory_bytes needs an accelerator).
     mem = compiled.memory_analysis()
     holder = {"state": state}
+    outputs = []  # every call's metrics, checked finite after the timing
 
     def run():
         holder["state"], metrics = compiled(holder["state"], batch)
+        outputs.append(metrics)
         return metrics
 
     analytic = flops.train_step_flops(config, batch_size)
     device = jax.devices()[0]
-    peak = platform_peak(device, config.model.dtype)
+    peak, peak_used = peak_info(device, config.model.dtype)
     if steps > 0:
         _, times = time_fn(run, steps)
         stats = summary(times)
         achieved = analytic / stats["median_s"]
+        history = jax.device_get(outputs)
+        all_finite = all(bool(np.all(np.isfinite(v))) for m in history for v in m.values())
+        final_losses = {k: float(v) for k, v in sorted(history[-1].items()) if "loss" in k}
     else:  # --steps 0: compile only (memory and FLOPs of configs too slow to run here)
         stats = {"median_s": None, "p10_s": None, "p90_s": None}
-        achieved = None
+        achieved = all_finite = final_losses = None
     return {
         "what": "train_step", "device": device.device_kind, "devices": mesh.devices.size,
         "dtype": config.model.dtype, "batch": batch_size, "n_d_steps": config.train.n_d_steps,
@@ -130,8 +172,9 @@ def benchmark_step(config, steps: int) -> dict[str, Any]:
         "images_per_s": None if achieved is None else batch_size / stats["median_s"],
         "xla_flops": xla_flops, "analytic_flops": analytic,
         "achieved_flop_per_s": achieved,
-        "fraction_of_peak": (None if peak is None or achieved is None
-                             else achieved / (peak * mesh.devices.size)),
+        "peak_used": peak_used, "peak_flop_per_s_per_device": peak,
+        "fraction_of_peak": fraction_of_peak(achieved, peak, mesh.devices.size),
+        "final_losses": final_losses, "all_finite": all_finite,
         "peak_memory_bytes": peak_memory(device),
         "compiled_temp_bytes": None if mem is None else int(mem.temp_size_in_bytes),
         "compiled_argument_bytes": None if mem is None else int(mem.argument_size_in_bytes),
@@ -202,6 +245,12 @@ def main(argv):
     rows = [benchmark_step(config, _STEPS.value)]
     if _PIECES.value:
         rows += benchmark_pieces(config, _STEPS.value)
+    step_row = rows[0]
+    if step_row["peak_used"] is not None:
+        fraction = step_row["fraction_of_peak"]
+        print(f"peak used: {step_row['peak_used']}, "
+              f"{step_row['peak_flop_per_s_per_device'] / 1e12:g} TFLOP/s per device"
+              + ("" if fraction is None else f"; fraction of peak {fraction:.3f}"))
     for row in rows:
         cells = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in row.items())

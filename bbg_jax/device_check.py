@@ -173,11 +173,9 @@ def bench_item(prepared: str, name: str, dtype: str, batch_per_device: int, step
     config.data.dataset = "synthetic"  # as bbg_jax.benchmark does: no files
     config.data.batch_size = batch_per_device * jax.device_count()
     row = benchmark.benchmark_step(config, steps)
-    peak = benchmark.platform_peak(jax.devices()[0], dtype)
     gib = row["peak_memory_bytes"]
     return {"config": name, "compile_only": steps == 0, "timed_steps": steps,
-            "batch_per_device": batch_per_device, **row,
-            "peak_flop_per_s_per_device": peak, "mfu": row["fraction_of_peak"],
+            "batch_per_device": batch_per_device, **row, "mfu": row["fraction_of_peak"],
             "peak_memory_gib": None if gib is None else gib / 2**30}
 
 
@@ -317,6 +315,32 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def non_finite_losses(row: dict[str, Any]) -> list[str]:
+    """The losses of an item's row that are NaN or infinite (or the row's own ``all_finite``
+    verdict on every metric of every step, when it is false)."""
+    bad = [f"{group}.{name}" for group in ("final_losses", "mean_losses_last_steps")
+           for name, value in sorted((row.get(group) or {}).items())
+           if value is None or not np.isfinite(value)]
+    if row.get("all_finite") is False and not bad:
+        bad.append("all_finite=false")
+    return bad
+
+
+def verdict(rc: int | str, rows: list[dict[str, Any]], wall: float) -> str | None:
+    """Why an item failed, or None when it passed: it must exit 0, report a row, and train
+    with finite losses (a run whose losses went NaN measured nothing worth keeping)."""
+    if rc == "timeout":
+        return f"stopped at the time budget after {wall:.0f} s"
+    if rc != 0:
+        return f"exit status {rc}"
+    if not rows:
+        return "exit status 0 without a result row"
+    bad = non_finite_losses(rows[-1])
+    if bad:
+        return f"non-finite losses: {', '.join(bad)}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     began = time.monotonic()
     env = dict(os.environ)
@@ -381,14 +405,14 @@ def run(args: argparse.Namespace) -> int:
             log.flush()
         rows = [json.loads(line[len(RESULT_MARK):]) for line in stdout.splitlines()
                 if line.startswith(RESULT_MARK)]
-        if rc == 0 and rows:
+        why = verdict(rc, rows, wall)
+        if why is None:
             done += 1
             emit({**rows[-1], "worker_wall_s": wall})
         else:
             failed.append(label)
-            why = (f"stopped at the time budget after {wall:.0f} s" if rc == "timeout"
-                   else f"exit status {rc}")
-            emit({**head, "failed": why, "worker_wall_s": wall, "stderr_tail": _tail(stderr)})
+            emit({**head, **(rows[-1] if rows else {}), "failed": why, "worker_wall_s": wall,
+                  "stderr_tail": _tail(stderr)})
     shutil.rmtree(cache, ignore_errors=True)
     emit({"what": "device_check_done", "wall_s": time.monotonic() - began, "items_ok": done,
           "failed": failed, "skipped": skipped})

@@ -1,6 +1,7 @@
 """Kill soak: SIGKILL the smoke run at random moments, resume it, and compare bit for bit.
 
     python scripts/kill_soak.py --runs=50 [--workdir=/tmp/kill_soak] [--seed=0] [--parallel=2]
+        [--compilation_cache_dir=DIR] [--keep]
 
 One uninterrupted run of ``experiments/smoke.py`` (6 steps, checkpoints at 3 and 6) is the
 reference. Each soak run starts the same job in its own workdir and is SIGKILLed:
@@ -12,8 +13,12 @@ reference. Each soak run starts the same job in its own workdir and is SIGKILLed
 then resumed with the README's command until it finishes. A run passes when its final
 checkpoint equals the reference's bit for bit (every array of the train state) and its
 metrics.jsonl holds steps 1..6 once each, with the reference's values. All runs share one
-persistent compilation cache, as a requeued job does. Prints one JSON line per run and a
-summary; exits 1 if any run failed.
+persistent compilation cache, as a requeued job does (``--compilation_cache_dir``, default
+WORKDIR/compilation_cache). A run's train state is ready when the job says so on the terminal:
+its stage line ``train: fresh initialisation; ...`` or ``train: resumed from step N; ...``
+(``bbg_jax.loop``). Prints one JSON line per run and a summary; exits 1 if any run failed.
+``--keep`` keeps every run's workdir (by default only a failed run's), so a test can compare
+them itself.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import concurrent.futures
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +37,7 @@ import time
 from pathlib import Path
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "experiments" / "smoke.py")
@@ -43,11 +50,21 @@ _PARALLEL = flags.DEFINE_integer("parallel", 2, "Soak runs at a time.", lower_bo
 _IN_SAVE_EVERY = flags.DEFINE_integer(
     "in_save_every", 4, "Every N-th run is killed in the middle of a save (0: never).",
     lower_bound=0)
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None, "The persistent compilation cache every run shares "
+    "(default: WORKDIR/compilation_cache).")
+_KEEP = flags.DEFINE_bool("keep", False, "Keep every run's workdir, not only a failed run's.")
+
+# The loop's stage line once the train state is restored or initialised (bbg_jax/loop.py,
+# console.say: on stderr, which the soak reads merged into stdout). The line the soak waited for
+# before, the INFO log "Train state: ...", no longer reaches the terminal (it is not verbose).
+TRAINING_LINE = re.compile(
+    r"^train: (fresh initialisation|resumed from step \d+|initialised from .+); ")
 
 
 class _Run:
     """The smoke job in ``workdir`` as a subprocess; ``training`` is set once its train state
-    is restored or initialised (the loop logs "Train state: ...")."""
+    is restored or initialised (the loop's ``TRAINING_LINE``)."""
 
     def __init__(self, workdir: Path, cache: Path, faults: list[str]):
         entry = [DRIVER, *faults, "--"] if faults else ["-m", "bbg_jax.main"]
@@ -57,16 +74,20 @@ class _Run:
         self.started = time.time()
         self.training = threading.Event()
         self.training_at: float | None = None
+        self.output: list[str] = []
+        self.ended = threading.Event()  # the reader has read the last line
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
-            if "Train state:" in line and not self.training.is_set():
+            self.output.append(line)
+            if TRAINING_LINE.match(line) and not self.training.is_set():
                 self.training_at = time.time()
                 self.training.set()
         self.training.set()  # ended: nobody waits for a line that will not come
+        self.ended.set()
 
     def wait(self, timeout: float = 1800) -> int:
         return self.proc.wait(timeout=timeout)
@@ -75,8 +96,14 @@ class _Run:
 def _finish(workdir: Path, cache: Path) -> float:
     """Runs the job to its end; returns the seconds it spent after its state was ready."""
     run = _Run(workdir, cache, [])
-    if run.wait() != 0:
-        raise RuntimeError(f"run in {workdir} exited {run.proc.returncode}")
+    rc = run.wait()
+    run.ended.wait(60)
+    tail = "".join(run.output[-20:])
+    if rc != 0:
+        raise RuntimeError(f"run in {workdir} exited {rc}:\n{tail}")
+    if run.training_at is None:
+        raise RuntimeError(f"run in {workdir} never printed its train-state line "
+                           f"({TRAINING_LINE.pattern!r}):\n{tail}")
     return time.time() - run.training_at
 
 
@@ -116,7 +143,7 @@ def _compare(workdir: Path, reference: Path) -> list[str]:
 
 
 def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Path,
-             reference_seconds: float, in_save_every: int) -> dict:
+             reference_seconds: float, in_save_every: int, keep: bool = False) -> dict:
     workdir = base / f"run_{i:03d}"
     shutil.rmtree(workdir, ignore_errors=True)
     record: dict = {"run": i}
@@ -147,7 +174,7 @@ def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Pat
     record["bit_exact"] = not problems
     if problems:
         record["problems"] = problems
-    else:
+    elif not keep:
         shutil.rmtree(workdir)  # keep failures for inspection only
     return record
 
@@ -155,10 +182,13 @@ def soak_run(i: int, rng: random.Random, base: Path, cache: Path, reference: Pat
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: flags only")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines of every comparison
     parallel = _PARALLEL.value
+    began = time.time()
     base = Path(_WORKDIR.value)
     base.mkdir(parents=True, exist_ok=True)
-    cache, reference = base / "compilation_cache", base / "reference"
+    cache = Path(_CACHE.value) if _CACHE.value else base / "compilation_cache"
+    reference = base / "reference"
     shutil.rmtree(reference, ignore_errors=True)
     _finish(base / "warm_up_0", cache)  # the first run compiles; later ones load
     # The reference runs beside parallel - 1 others, as the soak runs will: its wall time is
@@ -176,7 +206,7 @@ def main(argv: list[str]) -> None:
     records = []
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         futures = [pool.submit(soak_run, i, rngs[i], base, cache, reference, reference_seconds,
-                               _IN_SAVE_EVERY.value) for i in range(_RUNS.value)]
+                               _IN_SAVE_EVERY.value, _KEEP.value) for i in range(_RUNS.value)]
         for future in concurrent.futures.as_completed(futures):
             records.append(future.result())
             print(json.dumps(records[-1]), flush=True)
@@ -186,7 +216,8 @@ def main(argv: list[str]) -> None:
     summary = {"runs": len(records), "killed": len(killed),
                "killed_with_an_uncommitted_save": len(in_save),
                "finished_before_the_kill": len(records) - len(killed),
-               "bit_exact": len(exact), "seconds": round(time.time() - start)}
+               "bit_exact": len(exact), "seconds": round(time.time() - start),
+               "seconds_with_warm_up_and_reference": round(time.time() - began)}
     print(json.dumps(summary), flush=True)
     sys.exit(0 if len(exact) == len(records) else 1)
 

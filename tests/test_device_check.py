@@ -187,3 +187,52 @@ def test_fashion_mnist_batches():
     row = first["image_d"][0, 0]
     source = images[first["label"][0, 0]].astype(np.float32) / 127.5 - 1
     assert np.array_equal(row, source) or np.array_equal(row, source[:, ::-1])
+
+
+def _train_row(**losses):
+    return {"what": "fashion_mnist_train", "config": "fashion_mnist", "steps": 3,
+            "final_losses": losses, "mean_losses_last_steps": losses,
+            "all_finite": all(np.isfinite(v) for v in losses.values())}
+
+
+def test_an_item_with_non_finite_losses_fails():
+    good = _train_row(d_loss=1.2, g_loss=0.3)
+    assert device_check.verdict(0, [good], 1.0) is None
+    why = device_check.verdict(0, [_train_row(d_loss=float("nan"), g_loss=0.3)], 1.0)
+    assert why == ("non-finite losses: final_losses.d_loss, "
+                   "mean_losses_last_steps.d_loss")
+    assert "g_loss" in device_check.verdict(0, [_train_row(d_loss=1.0, g_loss=float("inf"))], 1)
+    # A NaN at some step that the last losses no longer show: the row's own verdict.
+    assert device_check.verdict(0, [{**good, "all_finite": False}], 1.0) == (
+        "non-finite losses: all_finite=false")
+    # A benchmark row (its last timed step's losses).
+    bench = {"what": "train_step", "final_losses": {"d_loss": float("nan")}, "all_finite": False}
+    assert device_check.verdict(0, [bench], 1.0) == "non-finite losses: final_losses.d_loss"
+    compile_only = {"what": "train_step", "final_losses": None, "all_finite": None}
+    assert device_check.verdict(0, [compile_only], 1.0) is None
+    assert device_check.verdict(1, [good], 1.0) == "exit status 1"
+    assert device_check.verdict("timeout", [], 9.4) == "stopped at the time budget after 9 s"
+    assert device_check.verdict(0, [], 1.0) == "exit status 0 without a result row"
+
+
+def test_run_exits_non_zero_when_an_item_trains_to_nan(monkeypatch, tmp_path, capsys):
+    """``run`` with its worker and probe replaced: the worker exits 0 and reports NaN losses;
+    the item is failed, the done line lists it, and the exit status is 1."""
+    nan = _train_row(d_loss=float("nan"), g_loss=0.3)
+
+    class _Done:
+        returncode, stderr = 0, ""
+        stdout = device_check.RESULT_MARK + json.dumps(nan) + "\n"
+
+    monkeypatch.setattr(device_check, "_probe", lambda env: {
+        "backend": "cpu", "device": "cpu", "devices": 1, "jax": "test"})
+    monkeypatch.setattr(device_check.subprocess, "run", lambda *a, **k: _Done())
+    monkeypatch.delenv("OUT", raising=False)
+    rc = device_check.main(["run", "--prepared", str(tmp_path), "--cpu", "--only",
+                            "fashion_mnist_train"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 1
+    assert rows[1]["failed"].startswith("non-finite losses: final_losses.d_loss")
+    assert np.isnan(rows[1]["final_losses"]["d_loss"])  # the row is kept beside the verdict
+    assert rows[-1] == {**rows[-1], "what": "device_check_done", "items_ok": 0,
+                        "failed": ["fashion_mnist_train:fashion_mnist:float32"]}

@@ -278,11 +278,28 @@ def test_checkpoint_evaluates_standalone(uninterrupted, tmp_path):
     batches = evaluators.dataset_batches(config, 16)
     state = standalone.restore(config, workdir)
     assert int(state.step) == 6
+    fed = []  # every batch of images the FID evaluator gave its "Inception"
     evs = [evaluators.SampleSheets(config, batches),
-           evaluators.FIDEvaluator(config, workdir, batches, features=_fake_features),
+           evaluators.FIDEvaluator(config, workdir, batches,
+                                   features=lambda x: fed.append(np.asarray(x)) or
+                                   _fake_features(x)),
            evaluators.ProbeEvaluator(config, batches)]
     metrics, images = evaluators.run_all(evs, state)
-    assert np.isfinite(metrics["fid_32_ema_standing_train"])
+    # FID by hand: the 32 samples (fed first, 2 batches of 16) against the first 32 real training
+    # images (fed next, and read here from the split). The stand-in features are the first 64
+    # pixels tiled 32 times, so mean and covariance are those of the 64 pixels tiled, and FID
+    # is 32 x the FID of the 64 pixels, here with tr((C1 C2)^1/2) from the eigenvalues of the
+    # non-symmetric C1 C2 (the evaluator symmetrises: C1^1/2 C2 C1^1/2).
+    real = np.concatenate([b["image_d"] for b in batches("train", 32)])
+    assert len(fed) == 4 and sum(len(f) for f in fed[:2]) == 32
+    np.testing.assert_array_equal(np.concatenate(fed[2:]), real)
+    fake64, real64 = (np.concatenate(x).reshape(32, -1)[:, :64].astype(np.float64)
+                      for x in (fed[:2], fed[2:]))
+    c1, c2 = np.cov(fake64, rowvar=False), np.cov(real64, rowvar=False)
+    eig = np.clip(np.linalg.eigvals(c1 @ c2).real, 0.0, None)
+    diff = fake64.mean(0) - real64.mean(0)
+    fid64 = diff @ diff + np.trace(c1) + np.trace(c2) - 2 * np.sqrt(eig).sum()
+    assert metrics["fid_32_ema_standing_train"] == pytest.approx(32 * fid64, rel=1e-6)
     assert os.path.exists(os.path.join(workdir, "fid_stats"))  # real statistics cached
     assert "probe_top1_bn_crelu_trainval" in metrics
     assert {"samples_ema_standing", "interpolations_ema_standing",

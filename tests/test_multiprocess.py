@@ -108,6 +108,21 @@ def _eval_metrics(workdir, step) -> dict:
                       )["metrics"]
 
 
+def _metric_tolerance(name: str) -> float:
+    """How far the 2 x 4-process run's metric may lie from the 1 x 8 run's, as a fraction of the
+    metric's largest magnitude over the 6 steps (so a loss passing near 0 is not held to a
+    relative bound of its own). gloo sums across processes in another order than one process
+    does, and the rounding differences grow through training. Measured on this project's 2-core
+    machine: losses and scores within 1.4e-5, E's gradient norm 9.7e-4 by step 6 (earlier code);
+    with the working tree of issue 33 every metric within 9.1e-7 (g_loss), gradient norms 1.9e-7.
+    The bounds are about 3x the larger measurements."""
+    if name.startswith("lr_"):
+        return 0.0  # the schedules: a function of the step alone
+    if name.startswith("grad_norm_"):
+        return 3e-3
+    return 5e-5  # losses, D's mean scores, the online probe's loss and accuracy
+
+
 @pytest.fixture(scope="module")
 def two_and_one(tmp_path_factory, compilation_cache):
     """The smoke config with evaluation: 2 processes x 4 devices, and 1 process x 8 devices."""
@@ -125,12 +140,13 @@ def test_two_processes_train_and_evaluate_like_one(two_and_one):
     assert "8 devices" in outs[0] and "8 devices" in outs[2]
     a, b = _metrics(single), _metrics(multi)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
-    for ra, rb in zip(a, b, strict=True):
-        for k in ra:
-            # gloo sums across processes in another order than one process does. Measured:
-            # losses and scores within 1.4e-5 relative; E's gradient norm drifts to 9.7e-4 by
-            # step 6 (rounding differences grow through training).
-            np.testing.assert_allclose(rb[k], ra[k], rtol=5e-3, atol=1e-4, err_msg=k)
+    assert all(set(ra) == set(rb) for ra, rb in zip(a, b, strict=True))
+    worst = {k: max(abs(rb[k] - ra[k]) for ra, rb in zip(a, b, strict=True))
+             / max(max(abs(r[k]) for r in a), 1e-30) for k in a[0] if k != "step"}
+    print("1x8 vs 2x4 processes, worst difference per metric over its largest magnitude:",
+          json.dumps({k: float(f"{v:.2g}") for k, v in sorted(worst.items())}))
+    for k, v in worst.items():
+        assert v <= _metric_tolerance(k), (k, v, _metric_tolerance(k))
     for step in (3, 6):
         ea, eb = _eval_metrics(single, step), _eval_metrics(multi, step)
         assert sorted(ea) == sorted(eb)

@@ -25,27 +25,35 @@ def _config(head=None):
 
 
 def test_is_from_the_same_samples_as_fid(tmp_path):
-    rng = np.random.default_rng(0)
+    """A constructed case with a known answer. The stand-in "Inception" gives the k-th image it
+    is fed the pool feature e_(k mod 7) while the 40 samples come (they are fed first), and e_0
+    for the real images after them; the head is 50 x the identity on those 7 dimensions plus a
+    constant bias (a shift, which changes no softmax). So each sample's p(y|x) is one-hot up to
+    6e-22, the 10 splits of 4 consecutive samples each hold 4 distinct classes, p(y) is uniform
+    on them, every KL is log 4 and IS = exp(log 4) = 4 in every split: mean 4, std 0. IS of the
+    real images would be 1; IS over other splits or counts would not be 4 with std 0."""
     head = tmp_path / "head.npz"
-    kernel, bias = rng.normal(size=(2048, 7)) * 0.05, rng.normal(size=7)
-    np.savez(head, kernel=kernel, bias=bias)
+    kernel = np.zeros((2048, 7))
+    kernel[:7] = 50 * np.eye(7)
+    np.savez(head, kernel=kernel, bias=np.full(7, 3.0))
     config = _config(str(head))
-    seen = []
+    fed = []
 
-    def features(images):  # records what the evaluator fed to "Inception"
-        x = jnp.asarray(images).reshape(images.shape[0], -1)
-        f = jnp.tile(x[:, :64], (1, 32))
-        seen.append(np.asarray(f))
-        return f
+    def features(images):
+        out = np.zeros((images.shape[0], 2048), np.float32)
+        for i in range(images.shape[0]):
+            k = len(fed) + i
+            out[i, k % 7 if k < 40 else 0] = 1.0
+        fed.extend(np.asarray(images))
+        return jnp.asarray(out)
 
     state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
     ev = evaluators.FIDEvaluator(config, str(tmp_path), evaluators.dataset_batches(config, 20),
                                  features=features)
     out, _ = ev.run(state)
-    fakes = np.concatenate(seen[:2])  # the 40 generated samples come first, then real images
-    ref, ref_std = metrics.inception_score(fakes @ kernel + bias)
-    assert out["is_40_ema_standing"] == pytest.approx(ref, rel=1e-9)
-    assert out["is_40_ema_standing_std"] == pytest.approx(ref_std, rel=1e-9)
+    assert len(fed) == 80  # 40 samples, then the 40 real images of the FID statistics
+    assert out["is_40_ema_standing"] == pytest.approx(4.0, rel=1e-12)
+    assert out["is_40_ema_standing_std"] == pytest.approx(0.0, abs=1e-12)
     assert "fid_40_ema_standing_train" in out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from bbg_jax import checkpoint
 from bbg_jax.configs import load_experiment
@@ -48,9 +49,44 @@ def test_report_table_baselines_and_reconstructions(tmp_path):
 
     assert json.load(open(tmp_path / "report.json")) == json.loads(json.dumps(rep))
     assert set(rep["probe"]) == set(report.ROWS)
-    for row in rep["probe"].values():
-        assert 0.0 <= row["top1_test"] <= row["top5_test"] <= 1.0
+
+    # The raw-pixel row by hand: each image flattened; the probe fitted with the eval config's
+    # settings on the first 64 training images (eval.probe.max_train), its L2 chosen on
+    # train_val; top-1 / top-5 counted here on train_val and on the evaluation split ("test").
+    def split(name, limit):
+        parts = list(batches(name, limit))
+        x = np.concatenate([np.asarray(b["image_e"], np.float32).reshape(len(b["label"]), -1)
+                            for b in parts])
+        return x, np.concatenate([np.asarray(b["label"]) for b in parts])
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        split("train", 64), split("trainval", None), split("eval", None))
+    assert len(x_train) == 64
+    num_classes = int(y_train.max()) + 1
+    assert rep["chance"] == 1.0 / num_classes
+    fit = probe.train_probe(x_train, y_train, x_val, y_val, num_classes,
+                            evaluators.probe_settings(config.eval))
+
+    def top(x, y, k):  # the label among the k highest logits: fewer than k classes above it
+        logits = x @ fit.weights + fit.bias
+        above = (logits > logits[np.arange(len(y)), y][:, None]).sum(axis=1)
+        return float(np.mean(above < k))
+
+    assert rep["probe"]["raw_pixels"] == pytest.approx({
+        "l2": fit.l2, "top1_trainval": top(x_val, y_val, 1), "top5_trainval": top(x_val, y_val, 5),
+        "top1_test": top(x_test, y_test, 1), "top5_test": top(x_test, y_test, 5)}, abs=1e-12)
+    for row in rep["probe"].values():  # every accuracy is a count of examples
         assert row["l2"] in config.eval.probe.l2_grid
+        for name, n in (("trainval", len(y_val)), ("test", len(y_test))):
+            assert row[f"top1_{name}"] <= row[f"top5_{name}"]
+            for k in (1, 5):
+                count = row[f"top{k}_{name}"] * n
+                assert count == pytest.approx(round(count), abs=1e-9), (row, name, k)
+    for feature in ("avepool", "bn_crelu"):
+        for name in ("trainval", "test"):
+            assert rep["margin_over_random_encoder"][f"{feature}_{name}"] == (
+                rep["probe"][f"bigbigan_{feature}"][f"top1_{name}"]
+                - rep["probe"][f"random_encoder_{feature}"][f"top1_{name}"])
     assert rep["fid"]["first"] == {"step": 2, "fid_32_ema_standing_train": 90.0}
     assert rep["fid"]["last"]["fid_32_ema_standing_train"] == 70.0
     diag = rep["diagnostics"]["last"]

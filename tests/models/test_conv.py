@@ -32,12 +32,84 @@ def test_weight_gradient_matches_xla(k, stride, padding):
     assert rel < 1e-5, rel
 
 
-def test_forward_is_xla_in_both_modes():
-    x = jnp.ones((2, 8, 8, 3))
-    w = jnp.full((3, 3, 3, 4), 0.1)
+def _pads(x_shape, w_shape, stride, padding):
+    if isinstance(padding, str):
+        return jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding)
+    return padding
+
+
+def _numpy_conv(x, w, stride, pads):
+    """The NHWC/HWIO convolution by its definition, in float64: y[n, i, j, o] =
+    sum over (a, b, c) of xpad[n, s·i + a, s·j + b, c] · w[a, b, c, o]."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    xp = np.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    kh, kw = w.shape[:2]
+    ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    y = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for a in range(kh):
+        for b in range(kw):
+            window = xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride]
+            y += window @ w[a, b]
+    return y
+
+
+def _numpy_weight_grad(x, dy, kernel_hw, stride, pads):
+    """dL/dw[a, b, c, o] = sum over (n, i, j) of xpad[n, s·i + a, s·j + b, c] · dy[n, i, j, o]."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    xp = np.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    ho, wo = dy.shape[1:3]
+    dw = np.zeros((*kernel_hw, x.shape[3], dy.shape[3]))
+    for a in range(kernel_hw[0]):
+        for b in range(kernel_hw[1]):
+            window = xp[:, a:a + stride * (ho - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride]
+            dw[a, b] = np.einsum("nijc,nijo->co", window, dy)
+    return dw
+
+
+@pytest.mark.parametrize("k,stride,padding", [
+    (3, 1, "SAME"), (3, 2, ((1, 1), (1, 1))), (1, 2, ((0, 0), (0, 0))), (4, 2, ((1, 2), (2, 1))),
+])
+def test_einsum_path_against_the_definition(k, stride, padding):
+    """The "einsum" path (forward and input gradient XLA's, weight gradient the shifted einsums)
+    on random inputs against the convolution and its weight gradient written out in float64,
+    with a non-square, asymmetric kernel and asymmetric padding among them."""
+    rng = np.random.default_rng(100 + k * 10 + stride)
+    x = jnp.asarray(rng.normal(size=(3, 9, 11, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 5, 6)) / k, jnp.float32)
+    pads = _pads(x.shape, w.shape, stride, padding)
+    ref_y = _numpy_conv(x, w, stride, pads)
     with conv.weight_grad("einsum"):
-        a = conv.conv2d(x, w)
-    np.testing.assert_array_equal(a, conv.conv2d(x, w))
+        y, vjp = jax.vjp(lambda x, w: conv.conv2d(x, w, (stride, stride), padding), x, w)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    dx, dw = vjp(dy)
+    np.testing.assert_allclose(dw, _numpy_weight_grad(x, dy, (k, k), stride, pads),
+                               rtol=1e-5, atol=1e-5)
+    # The input gradient by the definition too (the transposed convolution): each dy[n, i, j, o]
+    # adds dy[n, i, j, o] · w[a, b, :, o] to xpad[n, s·i + a, s·j + b, :]; padding cropped off.
+    ref_dx = np.zeros(x.shape)
+    xp_shape = (x.shape[1] + sum(pads[0]), x.shape[2] + sum(pads[1]))
+    dy64, w64 = np.asarray(dy, np.float64), np.asarray(w, np.float64)
+    for a in range(k):
+        for b in range(k):
+            contrib = np.einsum("nijo,co->nijc", dy64, w64[a, b])
+            full = np.zeros((x.shape[0], *xp_shape, x.shape[3]))
+            full[:, a:a + stride * (y.shape[1] - 1) + 1:stride,
+                 b:b + stride * (y.shape[2] - 1) + 1:stride] += contrib
+            ref_dx += full[:, pads[0][0]:pads[0][0] + x.shape[1],
+                           pads[1][0]:pads[1][0] + x.shape[2]]
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_is_xla_in_both_modes():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    with conv.weight_grad("einsum"):
+        a = jax.jit(conv.conv2d)(x, w)  # the custom-VJP path, traced in the einsum context
+    np.testing.assert_array_equal(a, jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    np.testing.assert_allclose(a, _numpy_conv(x, w, 1, ((1, 1), (1, 1))), rtol=1e-5, atol=1e-5)
 
 
 def test_auto_picks_by_platform_and_names_bad_values():
@@ -49,8 +121,9 @@ def test_auto_picks_by_platform_and_names_bad_values():
 
 
 def test_flax_conv_hook_falls_back_for_dilated_convolutions():
-    x = jnp.ones((1, 9, 9, 2))
-    w = jnp.ones((3, 3, 2, 2))
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=(1, 9, 9, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 2)), jnp.float32)
     out = conv.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", rhs_dilation=(2, 2),
