@@ -366,6 +366,9 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
     max_train = _get(pr, "max_train", None)
     if max_train is not None:
         check_int("eval.probe.max_train", max_train, 1, "or None = all")
+    pixels = _get(ev, "pixels_max_train", None)
+    if pixels is not None:
+        check_int("eval.pixels_max_train", pixels, 1, "or None = all")
     params = _get(pr, "params")
     check_choice("eval.probe.params", params, eval_config_lib.PROBE_PARAMS)
     probing = "probe" in names and config.model.encoder.enabled
@@ -378,11 +381,15 @@ def _check_eval(config: ml_collections.ConfigDict) -> None:
                            "the 'probe' evaluator reports accuracy on the train_val hold-out")
 
 
-def check(config: ml_collections.ConfigDict, mode: str = "train") -> None:
+def check(config: ml_collections.ConfigDict, mode: str = "train",
+          file_config: ml_collections.ConfigDict | None = None) -> None:
     """Raises ``ConfigError`` (one line) on the first value the run cannot use.
 
     ``mode="eval"`` (a saved run's config.json, perhaps from an older version) accepts fields
     this version does not know; ``"train"`` refuses them, so a misspelt field is not ignored.
+    ``file_config``: the experiment file's own config, before --config.x=y overrides, when the
+    caller has it: a schedule it sets itself for an evaluator that the command line then leaves
+    out of ``eval.evaluators`` is the file's default, not a request (``_check_schedules``).
     """
     check_choice("--mode", mode, MODES)
     if not isinstance(config, ml_collections.ConfigDict):
@@ -399,7 +406,28 @@ def check(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     check_networks(config)  # loss terms, encoder and discriminator kind together
     _check_train(config.train)
     _check_eval(config)
+    if mode == "train":
+        _check_schedules(config, file_config)
     _check_evaluator_files(config, mode)
+
+
+def _check_schedules(config: ml_collections.ConfigDict,
+                     file_config: ml_collections.ConfigDict | None = None) -> None:
+    """A training schedule (``eval.<name>.every_steps`` > 0) for an evaluator that
+    ``eval.evaluators`` leaves out would never run: the run would end without its metrics and
+    say nothing. Refused, unless it is the experiment file's own value (``file_config``)."""
+    ev = config.eval if "eval" in config else eval_config_lib.eval_config()
+    names = tuple(ev.evaluators)
+    own = _get(file_config, "eval", None) if file_config is not None else None
+    for name in eval_config_lib.EVALUATORS:
+        every = ev[name].every_steps
+        if not every or name in names:
+            continue
+        if own is not None and _get(_get(own, name, None), "every_steps", None) == every:
+            continue
+        raise config_error(f"eval.{name}.every_steps", every,
+                           f"0, or {every} with {name!r} added to eval.evaluators={show(names)}",
+                           f"eval.evaluators leaves {name} out, so this schedule would never run")
 
 
 def _check_evaluator_files(config: ml_collections.ConfigDict, mode: str) -> None:

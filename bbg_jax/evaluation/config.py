@@ -17,6 +17,10 @@ import ml_collections
 EVALUATORS = ("samples", "fid", "probe", "diagnostics")
 FID_SPLITS = ("train", "eval")
 PROBE_PARAMS = ("raw", "ema")
+# Training examples read for the raw-pixel classifiers (the diagnostics' pixel judge and the
+# report's raw_pixels row) unless eval.pixels_max_train says otherwise: ImageNet's 1.27M images
+# as float32 pixels would not fit a host; Fashion-MNIST's training split (50k) is read whole.
+PIXELS_MAX_TRAIN = 50_000
 
 
 def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
@@ -48,6 +52,9 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
         learning_rate, l2_grid; max_train limits the training examples whose features are
         extracted (None = all); params: "raw" or "ema" encoder weights ("ema" needs
         train.ema_encoder=True).
+      pixels_max_train: the first N training examples (None = all) the raw-pixel classifiers
+        read: the diagnostics' pixel judge and the report's raw_pixels row (each also stops at
+        probe.max_train when that is smaller). BigBiGAN's probe is not bounded by it.
       diagnostics.*: the encoder-generator coupling (bbg_jax.evaluation.diagnostics): latent
         recovery on num_samples fresh z, reconstructions of the first num_images evaluation
         images (models with an encoder only).
@@ -59,6 +66,7 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
     c.generator = "ema"
     c.bn_stats = "standing"
     c.standing_batches = 100
+    c.pixels_max_train = ml_collections.FieldReference(PIXELS_MAX_TRAIN, field_type=int)
     c.samples = ml_collections.ConfigDict(dict(every_steps=0, sheet_size=32,
                                                interpolation_steps=8))
     c.fid = ml_collections.ConfigDict(dict(
@@ -75,9 +83,18 @@ def eval_config(fid_num_samples: int = 10_000) -> ml_collections.ConfigDict:
 
 
 def set_every_steps(ev: ml_collections.ConfigDict, steps: int) -> None:
-    """The same training schedule for every evaluator."""
+    """The same training schedule for every evaluator of ``ev.evaluators`` (a schedule for one
+    it leaves out would never run: bbg_jax.config_checks refuses it)."""
     for name in EVALUATORS:
-        ev[name].every_steps = steps
+        ev[name].every_steps = steps if name in ev.evaluators else 0
+
+
+def pixels_max_train(ev: ml_collections.ConfigDict) -> int | None:
+    """The training examples the raw-pixel classifiers read: ``eval.pixels_max_train`` (absent
+    from configs saved before it existed: the default), and at most ``eval.probe.max_train``."""
+    bound = ev.get("pixels_max_train", PIXELS_MAX_TRAIN)
+    limits = [n for n in (bound, ev.probe.get("max_train", None)) if n is not None]
+    return min(limits) if limits else None
 
 
 def imagenet_eval_config() -> ml_collections.ConfigDict:

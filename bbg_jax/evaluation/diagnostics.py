@@ -93,10 +93,31 @@ def predict(classifier: probe.ProbeResult, features: np.ndarray) -> np.ndarray:
     return np.argmax(np.asarray(features) @ classifier.weights + classifier.bias, -1)
 
 
-def _take(batches, n: int | None) -> dict[str, np.ndarray]:
-    parts = list(batches)
-    out = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
-    return out if n is None else {k: v[:n] for k, v in out.items()}
+def _take(batches, n: int | None, keys=None, transform=None) -> dict[str, np.ndarray]:
+    """The first ``n`` examples (all when None) of ``batches``, concatenated: iteration stops
+    at the batch that reaches ``n`` (nothing past it is read, whatever the source yields).
+    ``keys`` keeps only those arrays; ``transform(key, array)`` maps each batch's before it is
+    kept (the pixel features are made batch by batch, never from the whole images)."""
+    parts, seen = [], 0
+    for batch in batches:
+        if n is not None:
+            batch = {k: v[:n - seen] for k, v in batch.items()}
+        kept = {k: np.asarray(v) for k, v in batch.items() if keys is None or k in keys}
+        if transform is not None:
+            kept = {k: transform(k, v) for k, v in kept.items()}
+        parts.append(kept)
+        seen += len(next(iter(batch.values())))
+        if n is not None and seen >= n:
+            break
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def pixel_features(batches, n: int | None) -> dict[str, np.ndarray]:
+    """The raw-pixel features (``pixels`` of ``image_e``) and labels of the first ``n``
+    examples (all when None), made batch by batch (read stops at ``n``)."""
+    out = _take(batches, n, keys=("image_e", "label"),
+                transform=lambda k, v: pixels(v) if k == "image_e" else v.astype(np.int32))
+    return {"pixels": out["image_e"], "label": out["label"]}
 
 
 class Diagnostics:
@@ -169,19 +190,29 @@ class Diagnostics:
                                  num_classes, evaluators_lib.probe_settings(self.ev))
 
     def pixel_judge(self) -> probe.ProbeResult:
+        """The raw-pixel classifier: fitted on the first ``eval.pixels_max_train`` training
+        examples (``config.pixels_max_train``: at most probe.max_train) and train_val, cached in
+        WORKDIR/features/pixel_judge.npz with that bound (a cache of another bound is refitted).
+        """
+        from bbg_jax.evaluation.config import pixels_max_train
+
         if self._pixel_judge is None:
-            limits = {"train": self.ev.probe.max_train, "trainval": None}
+            limits = {"train": pixels_max_train(self.ev), "trainval": None}
+            bound = np.asarray(-1 if limits["train"] is None else limits["train"])
             path = (None if self.workdir is None else
                     paths.path(self.workdir) / "features" / "pixel_judge.npz")
 
             def fit():
-                feats = {}
-                for split, limit in limits.items():
-                    data = _take(self.batches(split, limit), limit)
-                    feats[split] = {"pixels": pixels(data["image_e"]), "label": data["label"]}
-                return probe.result_arrays(self._fit(feats, "pixels"))
+                feats = {split: pixel_features(self.batches(split, limit), limit)
+                         for split, limit in limits.items()}
+                return {**probe.result_arrays(self._fit(feats, "pixels")), "max_train": bound}
 
-            self._pixel_judge = probe.result_from_arrays(probe.cached(path, fit))
+            arrays = probe.cached(path, fit)
+            if "max_train" not in arrays or arrays["max_train"] != bound:
+                arrays = fit()  # another bound's (or an older version's) judge: refit, keep it
+                if path is not None and jax.process_index() == 0:
+                    paths.save_npz(path, arrays)
+            self._pixel_judge = probe.result_from_arrays(arrays)
         return self._pixel_judge
 
     def probe_judge(self, e_variables: dict, step: int) -> probe.ProbeResult:

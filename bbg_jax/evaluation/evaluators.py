@@ -139,6 +139,7 @@ class FIDEvaluator:
         self.sampler = generation.Sampler(config)
         head = self.ev.fid.inception_logits_head
         self.logits_head = metrics.load_logits_head(head) if head else None
+        self._features_key: str | None = None
 
     def _stats(self, image_batches: Iterable[jax.Array], keep: list | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -151,11 +152,33 @@ class FIDEvaluator:
                 keep.append(f)
         return stats.mean_cov()
 
+    def features_key(self) -> str:
+        """What the Inception features depend on besides the images: the weights' content
+        (sha256 of the file, not its path), the resize to the network's input, the precision.
+        A stand-in feature function without these attributes is keyed by the configured
+        weights file (when there is one) and the default resize."""
+        from bbg_jax.evaluation.inception import network
+
+        if self._features_key is None:
+            digest = getattr(self.features, "weights_digest", None)
+            if digest is None:
+                try:
+                    digest = network.weights_digest(self.ev.fid.inception_weights)
+                except (FileNotFoundError, OSError):
+                    digest = "none"
+            resize = getattr(self.features, "resize", network.resize_name())
+            precision = getattr(self.features, "precision", "highest")
+            self._features_key = f"inception-{digest[:16]}-{precision}_{resize}"
+        return self._features_key
+
     def real_stats(self, which: str) -> tuple[np.ndarray, np.ndarray]:
-        """Statistics of the first N real images (image_d) of a split, cached in the workdir."""
+        """Statistics of the first N real images (image_d) of a split, cached in the workdir
+        under everything that selects them: dataset, split, resolution, N, and the features'
+        weights, resize and precision (``features_key``)."""
         d, n = self.config.data, self.ev.fid.num_samples
         split = which if d.dataset == "synthetic" else split_name(self.config, which)
-        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d.dataset}_{split}_{d.resolution_d}px_{n}")
+        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                     f"{d.dataset}_{split}_{d.resolution_d}px_{n}_{self.features_key()}")
         path = paths.path(self.workdir) / "fid_stats" / f"{tag}.npz"
         cached = probe.cached(path, lambda: dict(zip(("mu", "sigma"), self._stats(
             b["image_d"] for b in self.batches(which, n)), strict=True)))

