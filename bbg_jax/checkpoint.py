@@ -84,7 +84,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 ADDED_KEYS = {"model.attention_impl": "dot_product", "model.remat": [], "model.bn_groups": 1,
               "model.encoder.root": "imagenet", "model.encoder.reversible_backprop": False,
               "model.generator.cbn_map_init": "zeros",
-              "model.generator.single_embed_init": "normal"}
+              "model.generator.single_embed_init": "normal",
+              "model.discriminator.joint_projection": "none"}
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict, section: str

@@ -49,7 +49,7 @@ from bbg_jax.evaluation import config as eval_config_lib
 from bbg_jax.evaluation.generation import BN_MODES, GENERATORS
 from bbg_jax.models import conv, layers
 from bbg_jax.models.build import DTYPES
-from bbg_jax.models.discriminator import BIGGAN_D_CHANNELS
+from bbg_jax.models.discriminator import BIGGAN_D_CHANNELS, JOINT_PROJECTIONS
 from bbg_jax.models.encoder import _TOTAL_STRIDE, ROOTS, VALID_TRUNKS
 from bbg_jax.models.generator import (
     BIGGAN_DEEP_G_CHANNELS,
@@ -225,6 +225,8 @@ def _check_model(m: Any) -> None:
     check_int("model.discriminator.mlp_depth", _get(d, "mlp_depth"), 1)
     check_int("model.discriminator.mlp_width", _get(d, "mlp_width"), 1)
     check_int("model.discriminator.num_classes", _get(d, "num_classes"), 0)
+    check_choice("model.discriminator.joint_projection", _get(d, "joint_projection", "none"),
+                 JOINT_PROJECTIONS)
 
     check_bool("model.encoder.enabled", _get(e, "enabled"))
     if not e.enabled:
@@ -303,6 +305,7 @@ def _check_train(t: Any) -> None:
     check_str("train.init_from", _get(t, "init_from"),
               allowed="'' or a workdir (or its checkpoints/ directory) with a checkpoint")
     check_bool("train.async_checkpointing", _get(t, "async_checkpointing", False))
+    check_bool("train.allow_data_reshard", _get(t, "allow_data_reshard", False))
     check_str("train.compilation_cache_dir", _get(t, "compilation_cache_dir", ""),
               allowed="a directory, 'WORKDIR/...', or '' for none")
     check_int("train.online_probe_classes", _get(t, "online_probe_classes"), 0)

@@ -148,6 +148,9 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     d.mlp_depth = 8  # H and J: [likely, open] 8 layers x 2048 with skip connections
     d.mlp_width = 2048
     d.num_classes = 0  # projection discriminator when kind == "gan" and > 0
+    # The paper's s_xz: J on concat[F(x), H(z)] alone. "feature_map" adds a bilinear term
+    # between F's unpooled map and H(z) (a departure; docs/departures.md).
+    d.joint_projection = "none"
 
     m.encoder = ml_collections.ConfigDict()
     e = m.encoder
@@ -206,6 +209,9 @@ def train_config() -> ml_collections.ConfigDict:
     t.keep_last = 3  # checkpoints: the last N ...
     t.keep_every = 50_000  # ... plus every K-th step
     t.init_from = ""  # a checkpoint directory whose parameters start a fresh run
+    # Resume a checkpoint written by another number of processes: a TFDS stream is per
+    # process, so the data order changes from there (bbg_jax.loop.check_data_processes).
+    t.allow_data_reshard = False
     # Write checkpoints in the background (waited for before an evaluation, at preemption and
     # at exit); off: each save is complete when the step after it starts.
     t.async_checkpointing = False

@@ -3,6 +3,11 @@
 Sections, in the order they run: (1) set-up and config checks, (2) state: resume precedence
 (``bbg_jax.checkpoint``), (3) data positioned at the restored step, (4) the loop.
 
+The data position saved with each checkpoint is ``{"data_batch": step * n_d_steps,
+"process_count": N}``: a TFDS stream is per process, so a resume with another process count
+would read other examples at the same position; it is refused in one line naming both counts
+unless ``train.allow_data_reshard`` (``check_data_processes``).
+
 Host synchronisation: each step's metrics are fetched one step late (after the next step is
 dispatched), so the device never waits for the host; the fetched metrics feed the non-finite
 check and the logs. A checkpoint is written only after its step's metrics were checked finite.
@@ -24,7 +29,7 @@ from jax.experimental import multihost_utils
 
 from bbg_jax import checkpoint, config_checks, console, paths, progress, sharding, summaries
 from bbg_jax.data.batches import local_batches as local_batches  # re-exported
-from bbg_jax.data.batches import step_batches
+from bbg_jax.data.batches import order_depends_on_process_count, step_batches
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation import standalone
@@ -53,6 +58,45 @@ class NonFiniteLossError(FloatingPointError):
     """A training metric became NaN or infinite."""
 
 
+class DataReshardError(checkpoint.CheckpointMismatchError):
+    """A resume with another process count than the checkpoint's data position refers to."""
+
+
+def data_position(step: int, config: ml_collections.ConfigDict) -> dict[str, int]:
+    """What a checkpoint records of the data: the data batch each process's stream is at, and
+    how many processes' streams that position refers to."""
+    return {"data_batch": step * config.train.n_d_steps, "process_count": jax.process_count()}
+
+
+def check_data_processes(config: ml_collections.ConfigDict, position: dict, step: int,
+                         where: str) -> str | None:
+    """A restored data position fits this run's process count, or ``DataReshardError`` (one
+    line naming both counts); ``train.allow_data_reshard`` continues anyway, each process from
+    the same data batch of its new stream. Returns a note for the terminal when the count
+    changed, else None."""
+    saved, now = position.get("process_count"), jax.process_count()
+    if saved is None:
+        log.warning("The checkpoint at step %d in %s does not record its process count "
+                    "(written before it was recorded); resuming with %d.", step, where, now)
+        return None
+    if saved == now:
+        return None
+    if not order_depends_on_process_count(config):
+        return (f"checkpoint written by {saved} process{'es' * (saved != 1)}, resumed by {now}:"
+                f" data.dataset={config.data.dataset!r} keeps its global order")
+    if not config.train.get("allow_data_reshard", False):
+        raise DataReshardError(
+            f"The checkpoint at step {step} in {where} was written by {saved} "
+            f"process{'es' * (saved != 1)} and this run has {now}: each process reads its own "
+            f"part of data.dataset={config.data.dataset!r}, so data batch "
+            f"{position.get('data_batch')} would be other examples with {now}. Resume with "
+            f"{saved} process{'es' * (saved != 1)}, or set "
+            "--config.train.allow_data_reshard=True to continue with the data order of "
+            f"{now} process{'es' * (now != 1)} from that position.")
+    return (f"data resharded from {saved} to {now} process{'es' * (now != 1)} at data batch "
+            f"{position.get('data_batch')} (train.allow_data_reshard)")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Model, data, training and eval sections are valid and agree: ``config_checks.check``
     (``bbg_jax.main`` runs it, and the workdir and device checks, before calling the loop)."""
@@ -79,7 +123,10 @@ def initial_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         if position.get("data_batch") != expected:
             raise checkpoint.CheckpointMismatchError(
                 f"Checkpoint data position {position} does not match step {int(state.step)}.")
-        return state, f"resumed from step {int(state.step)}"
+        note = check_data_processes(config, position, int(state.step), str(manager.directory))
+        if note:
+            log.info("%s", note)
+        return state, f"resumed from step {int(state.step)}" + (f" ({note})" if note else "")
     state = jax.jit(lambda k: create_train_state(config, k), out_shardings=rep)(rng)
     if config.train.init_from:
         loaded = checkpoint.load_parameters(config.train.init_from, abstract)
@@ -216,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     def save(state):
         nonlocal last_checkpoint
         step = int(jax.device_get(state.step))
-        checkpoint.save(manager, state, config, {"data_batch": step * t.n_d_steps})
+        checkpoint.save(manager, state, config, data_position(step, config))
         last_checkpoint = step
         flush_logs()  # the logs up to a checkpoint survive a kill
 

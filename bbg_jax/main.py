@@ -10,7 +10,10 @@ Overrides: ``--config.train.num_steps=100`` and the like. Everything else lives 
 
 A bad command line, config or workdir stops the run before anything is created, written or
 compiled, with one line on stderr, ``bbg_jax.main: <field>=<value>: allowed ...``, and exit
-status 1 (``bbg_jax.config_checks``; docs/configuration_errors.md lists examples).
+status 1 (``bbg_jax.config_checks``; docs/configuration_errors.md lists examples). Then every
+process creates (if missing) and writes its workdir once, local or ``gs://``, and stops in one
+line naming the path and the reason when it cannot (``paths.check_workdir_usable``), before
+joining the other processes, reading data or compiling.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from bbg_jax import config_checks, console, sharding
+from bbg_jax import config_checks, console, paths, sharding
 from bbg_jax.config_checks import ConfigError
 
 _OUR_FLAGS = ("--config", "--workdir", "--mode", "--step", "-v/--verbose")
@@ -147,18 +150,33 @@ def parse(argv: Sequence[str], fv: flags.FlagValues | None = None) -> Args:
 # --- from the parsed command line to a run -----------------------------------------------------
 
 def prepare(args: Args) -> ConfigDict:
-    """Every check that needs no devices; returns the config to run. Reads only."""
+    """Every check that needs no devices; returns the config to run.
+
+    Reads only, except one check: the workdir is created if missing and a small file is
+    written there and deleted (``paths.check_workdir_usable``), so that a workdir the
+    run cannot create, reach or write stops every process in one line before anything else.
+    An object-store workdir is checked first (the other workdir checks read it); a local one
+    last, after the checks that name its contents."""
+    remote = paths.is_remote(args.workdir)
     if args.mode == "train":
         if args.config is None:
             raise ConfigError("--config is missing: allowed an experiment file with "
                               "--mode=train, e.g. --config=experiments/smoke.py")
         config_checks.check(args.config, "train")
+        if remote:
+            paths.check_workdir_usable(args.workdir)
         config_checks.check_workdir(args.workdir, "train", args.step, args.config)
+        if not remote:
+            paths.check_workdir_usable(args.workdir)
         return args.config
+    if remote:
+        paths.check_workdir_usable(args.workdir)
     config_checks.check_workdir(args.workdir, "eval", args.step, args.config)
     # Without --config, the config the run saved in WORKDIR/config.json is used.
     config = args.config if args.config is not None else config_checks.saved_config(args.workdir)
     config_checks.check(config, "eval")
+    if not remote:
+        paths.check_workdir_usable(args.workdir)
     return config
 
 
@@ -193,7 +211,7 @@ def execute(args: Args, own_process: bool = False) -> None:
         sharding.maybe_initialize_distributed()
         if args.mode == "train":
             config_checks.check_devices(config)
-    except (ConfigError, sharding.DistributedConfigError) as e:
+    except (ConfigError, paths.WorkdirError, sharding.DistributedConfigError) as e:
         _stop(e)
     import jax
 

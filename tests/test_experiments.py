@@ -147,8 +147,9 @@ def test_fashion_mnist_main_job_config():
 
     config = load_experiment(str(ROOT / "experiments" / "fashion_mnist.py"))
     loop.check_config(config)  # data, model and eval sections agree
-    # The same BigBiGAN as the ImageNet configs, narrowed: regression counts (G 4·16 channels).
-    assert counts("fashion_mnist.py") == {"G": 387_969, "D": 302_211, "E": 761_696}
+    # The same BigBiGAN as the ImageNet configs, narrowed: regression counts (G 4·16 channels;
+    # D 302,211 + the joint projection's 4·4·32 × 256).
+    assert counts("fashion_mnist.py") == {"G": 387_969, "D": 433_283, "E": 761_696}
     assert set(build_models(config)) == {"G", "D", "E"}
     assert config.model.encoder.stochastic and config.train.loss_terms == "all"
     assert config.data.dataset == "fashion_mnist" and config.data.train_val_size == 10_000

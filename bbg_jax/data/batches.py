@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     import ml_collections
 
 
+def order_depends_on_process_count(config: ml_collections.ConfigDict) -> bool:
+    """Whether the batches of a data position change with ``jax.process_count()``.
+
+    A TFDS dataset: yes. Each process reads its own part of the split (``tfds.even_splits``) and
+    shuffles it with a seed of its own, so the same data batch index means other examples with
+    another number of processes. Synthetic data: no; every process takes its rows of one global
+    batch, so the global order is the same for any number of processes.
+    """
+    return config.data.dataset != "synthetic"
+
+
 def local_batches(config: ml_collections.ConfigDict, start_batch: int
                   ) -> Iterator[dict[str, np.ndarray]]:
     """This process's batches from data batch ``start_batch`` on (synthetic or TFDS)."""

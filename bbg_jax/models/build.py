@@ -11,7 +11,8 @@ The model section of every experiment config (``config.model``) has this shape::
     model.encoder          enabled, trunk, width, resolution, mlp_depth, mlp_width, stochastic,
                            bn_momentum, bn_eps, stage_depths (None = the published depths)
     model.discriminator    kind ("bigbigan" | "gan"), resolution, ch, deep, attention_resolutions,
-                           mlp_depth, mlp_width, num_classes (projection D when kind == "gan")
+                           mlp_depth, mlp_width, num_classes (projection D when kind == "gan"),
+                           joint_projection ("none" | "feature_map", kind == "bigbigan")
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
                 "model.discriminator.kind='bigbigan' scores (x, z) pairs and needs an encoder: "
                 "set model.encoder.enabled=True, or use kind='gan' for a plain BigGAN."
             )
-        models["D"] = BigBiGANDiscriminator(mlp_depth=d.mlp_depth, mlp_width=d.mlp_width,
-                                            **common_d)
+        models["D"] = BigBiGANDiscriminator(
+            mlp_depth=d.mlp_depth, mlp_width=d.mlp_width,
+            joint_projection=d.get("joint_projection", "none"), **common_d)
     elif d.kind == "gan":
         models["D"] = GANDiscriminator(num_classes=d.num_classes, **common_d)
     else:

@@ -124,9 +124,11 @@ class DTrunk(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
+    # True: return (pooled feature, relu'd last feature map (N, h, w, C)) for a joint projection.
+    return_map: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = True) -> Array:
+    def __call__(self, x: Array, train: bool = True) -> Array | tuple[Array, Array]:
         plans = BIGGAN_DEEP_D_CHANNELS if self.deep else BIGGAN_D_CHANNELS
         if self.resolution not in plans:
             raise ValueError(
@@ -157,7 +159,9 @@ class DTrunk(nn.Module):
                     h = layers.SelfAttention(
                         sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
                         name=f"attention_{size}")(h, train)
-            return jnp.mean(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+            fmap = nn.relu(h).astype(jnp.float32)
+            pooled = jnp.mean(fmap, axis=(1, 2))
+            return (pooled, fmap) if self.return_map else pooled
         outs = [self.ch * m for m in mult]
         for i, c in enumerate(outs):
             down = i < len(outs) - 1  # the last block keeps its resolution
@@ -169,7 +173,12 @@ class DTrunk(nn.Module):
                 h = layers.SelfAttention(
                     sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
                     name=f"attention_{size}")(h, train)
-        return jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))
+        fmap = nn.relu(h).astype(jnp.float32)
+        pooled = jnp.sum(fmap, axis=(1, 2))
+        return (pooled, fmap) if self.return_map else pooled
+
+
+JOINT_PROJECTIONS = ("none", "feature_map")
 
 
 class GANDiscriminator(nn.Module):
@@ -212,6 +221,16 @@ class BigBiGANDiscriminator(nn.Module):
     F: the BigGAN trunk on x; H: a residual MLP on z; J: a residual MLP on concat[F(x), H(z)]. Each
     score is a linear (spectrally normalised) head. Depth and width of H and J are [open] in the
     paper (default 8 × 2048).
+
+    ``joint_projection="feature_map"`` (a departure; default "none", the paper) adds to s_xz a
+    bilinear term ⟨P·vec(F_map(x)), H(z)⟩ between F's last feature map before pooling and H(z),
+    with P unconstrained (no spectral norm) and zero at initialisation, so D starts as the
+    paper's. The concatenation MLP J learns which z goes with which x slowly: it must build the
+    interaction out of ReLU gates, and its spectrally normalised, orthogonally initialised layers
+    start as a full-strength random function. A bilinear term is the interaction itself (as
+    the projection discriminator's ⟨embed(y), F(x)⟩ is for a class), and its gradient at zero is
+    the cross-covariance of the two features; the unpooled map keeps the spatial information the
+    sum pool discards (docs/fashion_mnist.md, "Why the joint term was silent").
     """
 
     resolution: int = 128
@@ -224,6 +243,7 @@ class BigBiGANDiscriminator(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
+    joint_projection: str = "none"  # "none" (the paper) | "feature_map" (see the docstring)
 
     @nn.compact
     def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
@@ -233,12 +253,25 @@ class BigBiGANDiscriminator(nn.Module):
             self.mlp_depth, self.mlp_width, spectral_norm=True, sn_eps=self.sn_eps,
             dtype=self.dtype, name=name)
         head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name)  # noqa: E731
+        if self.joint_projection not in JOINT_PROJECTIONS:
+            raise ValueError(f"joint_projection={self.joint_projection!r}; use one of "
+                             f"{JOINT_PROJECTIONS}.")
+        projected = self.joint_projection == "feature_map"
         fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                    self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
+                    self.sn_eps, self.dtype, self.attention_impl, self.remat,
+                    return_map=projected, name="F")(x, train)
+        if projected:
+            fx, fmap = fx
         hz = mlp("H")(z.astype(jnp.float32), train)
         jxz = mlp("J")(jnp.concatenate([fx.astype(self.dtype), hz], axis=-1), train)
+        score_xz = head("head_xz")(jxz, train)[:, 0].astype(jnp.float32)
+        if projected:
+            px = layers.SNDense(hz.shape[-1], use_bias=False, spectral_norm=False,
+                                kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                                name="joint_projection")(fmap.reshape(fmap.shape[0], -1), train)
+            score_xz = score_xz + jnp.sum(px.astype(jnp.float32) * hz.astype(jnp.float32), -1)
         return {
             "score_x": head("head_x")(fx, train)[:, 0].astype(jnp.float32),
             "score_z": head("head_z")(hz, train)[:, 0].astype(jnp.float32),
-            "score_xz": head("head_xz")(jxz, train)[:, 0].astype(jnp.float32),
+            "score_xz": score_xz,
         }
