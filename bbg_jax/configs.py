@@ -148,8 +148,8 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     d.mlp_depth = 8  # H and J: [likely, open] 8 layers x 2048 with skip connections
     d.mlp_width = 2048
     d.num_classes = 0  # projection discriminator when kind == "gan" and > 0
-    # The paper's s_xz: J on concat[F(x), H(z)] alone. "feature_map" adds a bilinear term
-    # between F's unpooled map and H(z) (a departure; docs/departures.md).
+    # The paper's s_xz: J on concat[F(x), H(z)] alone. "feature_map" / "image" add a bilinear
+    # term between F's unpooled map / D's input pixels and H(z) (departures; docs/departures.md).
     d.joint_projection = "none"
 
     m.encoder = ml_collections.ConfigDict()

@@ -8,6 +8,11 @@ The data position saved with each checkpoint is ``{"data_batch": step * n_d_step
 would read other examples at the same position; it is refused in one line naming both counts
 unless ``train.allow_data_reshard`` (``check_data_processes``).
 
+Evaluation runs after the checkpoint of its step. A SIGTERM in its middle stops it between two
+batches (``bbg_jax.evaluation.interrupt``); the run exits 0, and the evaluation, recorded in
+WORKDIR/eval/pending.json, runs first after the restart (from that step's checkpoint), so its
+report and summaries are written once.
+
 Host synchronisation: each step's metrics are fetched one step late (after the next step is
 dispatched), so the device never waits for the host; the fetched metrics feed the non-finite
 check and the logs. A checkpoint is written only after its step's metrics were checked finite.
@@ -32,7 +37,7 @@ from bbg_jax.data.batches import local_batches as local_batches  # re-exported
 from bbg_jax.data.batches import order_depends_on_process_count, step_batches
 from bbg_jax.data.global_batch import per_process_batch_size
 from bbg_jax.evaluation import evaluators as evaluators_lib
-from bbg_jax.evaluation import standalone
+from bbg_jax.evaluation import interrupt, standalone
 from bbg_jax.train import jit_train_step
 from bbg_jax.train_state import TrainState, create_train_state, make_optimizers
 
@@ -147,7 +152,8 @@ class _Preemption:
     others through the coordination service; ``reached_preemption_sync_point(step)``, called at
     every step by every process, is True on all of them at the same step (one past the latest
     step any of them had reported), so all save that step and stop. A Python handler would
-    replace the manager's, so none is installed then.
+    replace the manager's, so none is installed then. During an evaluation the same flag, or
+    sync point, is asked before every batch (``stop_evaluation``).
     """
 
     def __init__(self):
@@ -165,6 +171,15 @@ class _Preemption:
         if self._multi:
             self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
         return self.requested
+
+    def stop_evaluation(self, step: int) -> bool:
+        """Whether the evaluation after ``step`` stops before its next batch: the same answer on
+        every process (a collective there: call it as often on each)."""
+        if not self._multi:
+            return self.requested
+        agreed = interrupt.preempted_during(step)
+        self.requested = self.requested or agreed
+        return agreed
 
     def restore(self):
         if not self._multi:
@@ -267,18 +282,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_checkpoint = step
         flush_logs()  # the logs up to a checkpoint survive a kill
 
-    def evaluate(state, step, due):
+    def evaluate(state, step, due) -> bool:
+        """Runs ``due`` at ``step``; False when a SIGTERM stopped it (it stays pending)."""
         manager.wait_until_finished()  # an async save must be complete: the best probe copies it
+        standalone.mark_pending(str(workdir_path), step, [e.name for e in due])
         began = time.monotonic()
-        metrics, images = standalone.run_and_write(config, str(workdir_path), step, due, state)
+        try:
+            with interrupt.stop_when(lambda: preemption.stop_evaluation(step)):
+                metrics, images = standalone.run_and_write(config, str(workdir_path), step, due,
+                                                           state)
+        except interrupt.EvaluationInterrupted:
+            log.warning("SIGTERM during the evaluation of step %d: stopped it; it runs first "
+                        "after the restart.", step)
+            return False
         if bar:
             bar.message(progress.evaluation_summary(step, metrics, time.monotonic() - began))
         writer.write_scalars(step, metrics)
         writer.write_images(step, {k: v[None] for k, v in images.items()})
+        standalone.clear_pending(str(workdir_path))
+        return True
+
+    def evaluate_pending(state, step) -> bool:
+        """The evaluation a SIGTERM (or a kill) interrupted, before training on; False when a
+        SIGTERM stopped it again."""
+        record = standalone.read_pending(str(workdir_path))
+        if record is None or record["step"] > step:
+            return True  # (an older checkpoint restored: it runs when training reaches it)
+        due = [e for e in evals if e.name in record["evaluators"]]
+        if record["step"] < step or not due:
+            log.warning("Not running the pending evaluation of step %d (%s): the run resumed "
+                        "from step %d with evaluators %s.", record["step"],
+                        record["evaluators"], step, [e.name for e in evals])
+            standalone.clear_pending(str(workdir_path))
+            return True
+        if lead:
+            console.say(f"train: the evaluation of step {step} was interrupted; running it "
+                        "first")
+        return evaluate(state, step, due)
 
     run_began = time.monotonic()
     try:
-        for step in range(start + 1, t.num_steps + 1):
+        steps = range(start + 1, t.num_steps + 1)
+        if not evaluate_pending(state, start):
+            log.warning("SIGTERM: checkpointed step %d and stopped.", start)
+            steps = range(0)
+        for step in steps:
             batch = hooks.batch(step, next(batches))
             state, metrics = train_step(state, batch)
             if pending is not None:
@@ -292,8 +340,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 pending = None
                 save(state)
                 due = [] if preempted else evaluators_lib.due(evals, config, step, t.num_steps)
-                if due:
-                    evaluate(state, step, due)
+                if due and not evaluate(state, step, due):
+                    preempted = True
             hooks.after_step(step, lambda: preemption.requested)
             if preemption.requested and not preempted:  # SIGTERM during the step's tail
                 preempted = True

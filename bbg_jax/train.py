@@ -180,13 +180,19 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         label = noise.get("y") if config.model.discriminator.num_classes > 0 else None
         return D.apply(d_vars, x_fake, label, train=False, mutable=False)
 
+    # D's update runs G and E in training mode (batch statistics, as in their own update) but
+    # keeps their stored state, which only their own update writes.
+    G_keeps_state = G.clone(update_state=False)
+    E_keeps_state = E.clone(update_state=False) if E is not None else None
+
     def generate(state, g_params, noise, mutable):
-        label = noise.get("y")
-        return G.apply(variables(state, "G", g_params), noise["z"], label, train=True,
+        g = G if mutable else G_keeps_state
+        return g.apply(variables(state, "G", g_params), noise["z"], noise.get("y"), train=True,
                        mutable=mutable)
 
     def encode(state, e_params, real, noise, mutable):
-        return E.apply(variables(state, "E", e_params), real["image_e"], train=True,
+        e = E if mutable else E_keeps_state
+        return e.apply(variables(state, "E", e_params), real["image_e"], train=True,
                        noise=noise["eps"], mutable=mutable)
 
     @conv_context

@@ -131,7 +131,7 @@ ROWS = [
          "model.generator.cbn_map_init='ones'", "allowed 'orthogonal', 'zeros'"),
     _row("unknown joint projection", f"{T} --config.model.discriminator.joint_projection=pixels",
          "fresh", "model.discriminator.joint_projection='pixels'",
-         "allowed 'none', 'feature_map'"),
+         "allowed 'none', 'feature_map', 'image'"),
     _row("fractional encoder width", f"{T} --config.model.encoder.width=0.3", "fresh",
          "model.encoder.width=0.3", "64 x width a whole number"),
     _row("unknown loss terms", f"{T} --config.train.loss_terms=everything", "fresh",

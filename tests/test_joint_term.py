@@ -64,9 +64,9 @@ def narrow_fashion_mnist(z_dim: int, batch: int, **model):
 
 
 def generator_samples(G, state, z):
-    x, _ = G.apply({"params": state.params["G"], **state.model_state["G"]}, z, None,
-                   train=True, mutable=["batch_stats"])
-    return x
+    """G's training-mode output (batch statistics) without touching its stored state."""
+    return G.clone(update_state=False).apply(
+        {"params": state.params["G"], **state.model_state["G"]}, z, None, train=True)
 
 
 # --- 0. how much of z reaches x at initialisation ----------------------------------------------
@@ -269,12 +269,13 @@ for kind, (x, second) in calls:
     x_enc, z_enc, x_gen, z_gen = x[0::2], second[0::2], x[1::2], second[1::2]
     # E(x) of every example, recomputed outside the step with each encoder pass's noise.
     candidates = [np.asarray(E.apply(e_vars, jnp.asarray(image_e), train=True,
-                                     noise=jnp.asarray(n))["z_sample"]) for n in encoder_noise]
+                                     noise=jnp.asarray(n), mutable=["batch_stats"])[0]["z_sample"])
+                  for n in encoder_noise]
     errors = [float(np.abs(z_enc - c).max()) for c in candidates]
     best = candidates[int(np.argmin(errors))]
     rolled = float(np.abs(z_enc - np.roll(best, 1, axis=0)).max())
-    g_x = np.asarray(G.apply(g_vars, jnp.asarray(z_gen), None, train=True,
-                             mutable=["batch_stats"])[0])
+    g_x = np.asarray(G.clone(update_state=False).apply(g_vars, jnp.asarray(z_gen), None,
+                                                       train=True))
     report["passes"].append({
         "x_enc_vs_image_d": float(np.abs(x_enc - image_d).max()),
         "z_enc_vs_E_of_same_row": min(errors), "z_enc_vs_E_of_next_row": rolled,

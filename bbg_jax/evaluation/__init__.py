@@ -10,6 +10,7 @@ weights load only when used):
   generation           sampling G: EMA/raw weights, batch/standing BN statistics
   png, sheets          a numpy+zlib PNG writer; sample/reconstruction/interpolation sheets
   sharded              run a function over every device's rows of an evaluation batch
+  interrupt            a SIGTERM honoured between the batches of an evaluation inside training
   config               the ``eval`` config section: shared fields and one section per evaluator
   evaluators           ``run(state) -> (metrics, images)`` evaluators and their ``REGISTRY``
   standalone           evaluate a checkpoint, write report.json and PNGs, track the best probe

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from bbg_jax import paths
+from bbg_jax.evaluation import interrupt
 from bbg_jax.evaluation.sharded import ShardedFn, one_answer, replicate
 from bbg_jax.paths import PathLike
 
@@ -146,6 +147,8 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
     bs = min(settings.batch_size, n)
     rng = np.random.default_rng(settings.seed)
     for _ in range(settings.epochs):
+        # Host-side epochs over frozen features, outside ShardedFn: ImageNet's take minutes.
+        interrupt.check()
         order = rng.permutation(n)
         for i in range(0, n - bs + 1, bs):  # drop the ragged batch: one compiled shape
             idx = order[i:i + bs]

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from bbg_jax import sharding
+from bbg_jax.evaluation import interrupt
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -54,6 +55,7 @@ class ShardedFn:
     def __call__(self, args: Any, batch: Any) -> Any:
         """``args``: replicated arrays (see ``replicate``); ``batch``: host arrays whose leading
         axis is the batch, identical on every process. Returns numpy, trimmed to the batch."""
+        interrupt.check()  # every evaluator's batches pass here: a SIGTERM stops between them
         leaves = jax.tree.leaves(batch)
         b, n = leaves[0].shape[0], self.mesh.devices.size
         if b % n and not self.rows_independent:

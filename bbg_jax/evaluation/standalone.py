@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python -m bbg_jax.main --mode=eval --workdir=DIR [--step=N]``.
 
 Writes WORKDIR/eval/step_N/report.json (metrics plus what produced them) and one PNG per sheet,
-and updates WORKDIR/eval/best_probe.json when the train_val probe accuracy improves.
+and updates WORKDIR/eval/best_probe.json when the train_val probe accuracy improves. Inside
+training, WORKDIR/eval/pending.json names the evaluation under way (``mark_pending``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,31 @@ def write_outputs(workdir: str, step: int, metrics: dict, images: dict, provenan
     paths.write_json(path, {"step": step, "metrics": metrics, "images": sorted(images),
                             **provenance})
     return path
+
+
+def pending_path(workdir: str) -> paths.epath.Path:
+    """WORKDIR/eval/pending.json: the evaluation the training loop started and has not finished
+    (``{"step": N, "evaluators": [...]}``); a restarted run runs it before training on."""
+    return paths.path(workdir) / "eval" / "pending.json"
+
+
+def mark_pending(workdir: str, step: int, names: list[str]) -> None:
+    """Written (process 0) before an evaluation starts, so that a stop in its middle, a SIGTERM
+    or a kill, leaves it to the next run."""
+    if jax.process_index() == 0:
+        paths.write_json(pending_path(workdir), {"step": step, "evaluators": names})
+
+
+def clear_pending(workdir: str) -> None:
+    """Removed (process 0) once the evaluation's report and summaries are written."""
+    path = pending_path(workdir)
+    if jax.process_index() == 0 and path.exists():
+        path.unlink()
+
+
+def read_pending(workdir: str) -> dict | None:
+    path = pending_path(workdir)
+    return paths.read_json(path) if path.exists() else None
 
 
 def periodic_reports(workdir: str) -> list[dict]:

@@ -45,8 +45,15 @@ def _attention(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(r) for r in value)
 
 
-def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
-    """Returns {"G": ..., "D": ...} plus "E" when the encoder is enabled."""
+def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True
+                 ) -> dict[str, nn.Module]:
+    """Returns {"G": ..., "D": ...} plus "E" when the encoder is enabled.
+
+    ``update_state`` is set on every module (see ``layers.check_state_writable``): True, a
+    training pass writes its batch statistics and spectral vectors and raises when their
+    collection is not mutable; False, a training pass computes with batch statistics and keeps
+    the stored state (the trainer's D update runs G and E so, through ``module.clone``).
+    """
     m = config.model
     dtype = compute_dtype(m.dtype)
     remat = tuple(m.get("remat", ()))
@@ -69,6 +76,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             # A config saved before these keys existed builds the model it trained.
             cbn_map_init=g.get("cbn_map_init", "zeros"),
             single_embed_init=g.get("single_embed_init", "normal"),
+            update_state=update_state,
         )
     }
     if d.resolution != g.resolution:
@@ -79,7 +87,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
     common_d = dict(resolution=d.resolution, ch=d.ch, deep=d.deep,
                     attention_resolutions=_attention(d.attention_resolutions),
                     sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl,
-                    remat="D" in remat)
+                    remat="D" in remat, update_state=update_state)
     if d.kind == "bigbigan":
         if not e.enabled:
             raise ValueError(
@@ -101,6 +109,7 @@ def build_models(config: ml_collections.ConfigDict) -> dict[str, nn.Module]:
             stage_depths=None if e.stage_depths is None else tuple(e.stage_depths),
             root=e.get("root", "imagenet"),
             reversible_backprop=e.get("reversible_backprop", False),
+            update_state=update_state,
         )
     return models
 

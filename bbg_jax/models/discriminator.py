@@ -8,7 +8,13 @@
   projection term ⟨embed(y), F(x)⟩ of Miyato & Koyama (class-conditional BigGAN). At 128 px,
   ch=96, 1000 classes it has exactly compare_gan's 87,982,370 parameters.
 
-Every weight is spectrally normalised. Deviations from compare_gan, with reasons:
+Every weight is spectrally normalised. Collections: ``params`` and ``spectral`` (no batch norm):
+a training pass (``train=True``) runs one power iteration per weight and writes the vectors, so
+apply it with ``mutable=["spectral"]``; ``train=False`` reads them. A training pass with
+``spectral`` immutable raises ``layers.StateNotMutableError`` unless the module has
+``update_state=False`` (a pass that keeps the stored vectors, e.g. D inside G's loss).
+
+Deviations from compare_gan, with reasons:
 
 * The first block does not apply ReLU to the raw image (BigGAN-PyTorch and the paper's
   pre-activation blocks skip it on the input layer).
@@ -59,11 +65,16 @@ class DBlock(nn.Module):
     preactivation: bool
     sn_eps: float
     dtype: Any
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         conv = lambda k, name: layers.SNConv(  # noqa: E731
-            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype,
+            param_dtype=self.param_dtype, update_state=self.update_state,
+            conv_impl=self.conv_impl, name=name)
         h = nn.relu(x) if self.preactivation else x
         h = conv(3, "conv1")(h, train)
         h = conv(3, "conv2")(nn.relu(h), train)
@@ -90,6 +101,9 @@ class DDeepBlock(nn.Module):
     down: bool
     sn_eps: float
     dtype: Any
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -98,7 +112,8 @@ class DDeepBlock(nn.Module):
             raise ValueError("A BigGAN-deep D block cannot decrease the channel count.")
         mid = max(in_channels, self.out_channels) // 4
         conv = lambda f, k, name: layers.SNConv(  # noqa: E731
-            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            update_state=self.update_state, conv_impl=self.conv_impl, name=name)
         h = conv(mid, 1, "conv1")(nn.relu(x), train)
         h = conv(mid, 3, "conv2")(nn.relu(h), train)
         h = conv(mid, 3, "conv3")(nn.relu(h), train)
@@ -126,6 +141,9 @@ class DTrunk(nn.Module):
     remat: bool = False  # recompute each block's activations in the backward pass
     # True: return (pooled feature, relu'd last feature map (N, h, w, C)) for a joint projection.
     return_map: bool = False
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array | tuple[Array, Array]:
@@ -143,22 +161,24 @@ class DTrunk(nn.Module):
         attention = (DEFAULT_ATTENTION[self.resolution] if self.attention_resolutions is None
                      else tuple(self.attention_resolutions))
         mult = plans[self.resolution]
+        kw = dict(param_dtype=self.param_dtype, update_state=self.update_state,
+                  conv_impl=self.conv_impl)
         h = x.astype(self.dtype)
         size = self.resolution
         if self.deep:
             ins = [self.ch * m for m in mult[:-1]]
             outs = [self.ch * m for m in mult[1:]]
             h = layers.SNConv(ins[0], kernel_size=3, sn_eps=self.sn_eps, dtype=self.dtype,
-                              name="conv_in")(h, train)
+                              name="conv_in", **kw)(h, train)
             for i, c in enumerate(outs):
                 down = i % 2 == 0
                 block = layers.maybe_remat(DDeepBlock, self.remat, 2)
-                h = block(c, down, self.sn_eps, self.dtype, name=f"block_{i}")(h, train)
+                h = block(c, down, self.sn_eps, self.dtype, name=f"block_{i}", **kw)(h, train)
                 size //= 2 if down else 1
                 if not down and size in attention:
                     h = layers.SelfAttention(
                         sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
-                        name=f"attention_{size}")(h, train)
+                        name=f"attention_{size}", **kw)(h, train)
             fmap = nn.relu(h).astype(jnp.float32)
             pooled = jnp.mean(fmap, axis=(1, 2))
             return (pooled, fmap) if self.return_map else pooled
@@ -167,25 +187,33 @@ class DTrunk(nn.Module):
             down = i < len(outs) - 1  # the last block keeps its resolution
             block = layers.maybe_remat(DBlock, self.remat, 2)
             h = block(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,
-                      name=f"block_{i}")(h, train)
+                      name=f"block_{i}", **kw)(h, train)
             size //= 2 if down else 1
             if down and size in attention:
                 h = layers.SelfAttention(
                     sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
-                    name=f"attention_{size}")(h, train)
+                    name=f"attention_{size}", **kw)(h, train)
         fmap = nn.relu(h).astype(jnp.float32)
         pooled = jnp.sum(fmap, axis=(1, 2))
         return (pooled, fmap) if self.return_map else pooled
 
 
-JOINT_PROJECTIONS = ("none", "feature_map")
+JOINT_PROJECTIONS = ("none", "feature_map", "image")
 
 
 class GANDiscriminator(nn.Module):
     """BigGAN's discriminator on x alone; class-conditional by projection when num_classes > 0.
 
-    Returns ``{"score_x": (N,)}`` so that the losses treat BigGAN as BigBiGAN with only the
-    x-unary term.
+    Call: ``D.apply(variables, x, label=None, train=...)`` with images x (N, resolution,
+    resolution, C) in [-1, 1] and, when ``num_classes > 0``, int labels (N,). Returns
+    ``{"score_x": (N,)}`` float32 logits, so that the losses treat BigGAN as BigBiGAN with only
+    the x-unary term. Collections: ``params``, ``spectral`` (see the module docstring); training
+    passes need ``mutable=["spectral"]``.
+
+    Fields: resolution, ch (channel multiplier), deep (BigGAN-deep), attention_resolutions
+    (None: the published positions), num_classes (0: unconditional), sn_eps, dtype (compute),
+    param_dtype (the ``params`` collection's dtype), attention_impl, remat (recompute each
+    block in the backward pass), update_state and conv_impl (as ``Generator``'s).
     """
 
     resolution: int = 128
@@ -197,20 +225,26 @@ class GANDiscriminator(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, label: Array | None = None, train: bool = True
                  ) -> dict[str, Array]:
+        kw = dict(param_dtype=self.param_dtype, update_state=self.update_state)
         feat = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
-                      self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F")(x, train)
-        score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x")(feat, train)[:, 0]
+                      self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F",
+                      conv_impl=self.conv_impl, **kw)(x, train)
+        score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x", **kw)(feat, train)[:, 0]
         if self.num_classes > 0:
             if label is None:
                 raise ValueError("A projection discriminator (num_classes > 0) needs labels.")
             # The projection embedding is a spectrally normalised (classes × features) matrix.
             table = self.param("embed", nn.initializers.glorot_normal(),
-                               (self.num_classes, feat.shape[-1]), jnp.float32)
-            table = layers.SpectralNormParam(eps=self.sn_eps, name="embed_sn")(table, train)
+                               (self.num_classes, feat.shape[-1]), self.param_dtype)
+            table = layers.SpectralNormParam(eps=self.sn_eps, update_state=self.update_state,
+                                             name="embed_sn")(table, train)
             score = score + jnp.sum(table[label] * feat, axis=-1)
         return {"score_x": score.astype(jnp.float32)}
 
@@ -219,8 +253,17 @@ class BigBiGANDiscriminator(nn.Module):
     """The joint discriminator D(x, z) of BigBiGAN with scores s_x, s_z and s_xz.
 
     F: the BigGAN trunk on x; H: a residual MLP on z; J: a residual MLP on concat[F(x), H(z)]. Each
-    score is a linear (spectrally normalised) head. Depth and width of H and J are [open] in the
-    paper (default 8 × 2048).
+    score is a linear (spectrally normalised) head (BigBiGAN, Donahue & Simonyan 2019, section 2
+    and figure 1). Depth and width of H and J are not given in the paper (default 8 × 2048).
+
+    Call: ``D.apply(variables, x, z, train=...)`` with images x (N, resolution, resolution, C) in
+    [-1, 1] and latents z (N, z_dim); returns ``{"score_x", "score_z", "score_xz"}``, each a
+    float32 (N,) logit. Collections: ``params``, ``spectral`` (see the module docstring);
+    training passes need ``mutable=["spectral"]``.
+
+    Fields: resolution, ch, deep, attention_resolutions, sn_eps, dtype, param_dtype,
+    attention_impl, remat, update_state and conv_impl as ``GANDiscriminator``'s; mlp_depth and
+    mlp_width (H and J); joint_projection (one of ``JOINT_PROJECTIONS``).
 
     ``joint_projection="feature_map"`` (a departure; default "none", the paper) adds to s_xz a
     bilinear term ⟨P·vec(F_map(x)), H(z)⟩ between F's last feature map before pooling and H(z),
@@ -231,6 +274,9 @@ class BigBiGANDiscriminator(nn.Module):
     the projection discriminator's ⟨embed(y), F(x)⟩ is for a class), and its gradient at zero is
     the cross-covariance of the two features; the unpooled map keeps the spatial information the
     sum pool discards (docs/fashion_mnist.md, "Why the joint term was silent").
+    ``joint_projection="image"`` is the same term on D's input pixels, ⟨P·vec(x), H(z)⟩: it does
+    not wait for F to learn features that carry z (P has H × H·W·C entries: a small-image
+    option).
     """
 
     resolution: int = 128
@@ -243,32 +289,39 @@ class BigBiGANDiscriminator(nn.Module):
     dtype: Any = jnp.float32
     attention_impl: str = "dot_product"
     remat: bool = False  # recompute each block's activations in the backward pass
-    joint_projection: str = "none"  # "none" (the paper) | "feature_map" (see the docstring)
+    joint_projection: str = "none"  # "none" (the paper) | "feature_map" | "image" (docstring)
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
         if x.shape[0] != z.shape[0]:
             raise ValueError(f"x and z batch sizes differ: {x.shape[0]} vs {z.shape[0]}.")
+        kw = dict(param_dtype=self.param_dtype, update_state=self.update_state)
         mlp = lambda name: layers.ResidualMLP(  # noqa: E731
             self.mlp_depth, self.mlp_width, spectral_norm=True, sn_eps=self.sn_eps,
-            dtype=self.dtype, name=name)
-        head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name)  # noqa: E731
+            dtype=self.dtype, name=name, **kw)
+        head = lambda name: layers.SNDense(1, sn_eps=self.sn_eps, name=name, **kw)  # noqa: E731
         if self.joint_projection not in JOINT_PROJECTIONS:
             raise ValueError(f"joint_projection={self.joint_projection!r}; use one of "
                              f"{JOINT_PROJECTIONS}.")
-        projected = self.joint_projection == "feature_map"
+        on_map = self.joint_projection == "feature_map"
         fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
                     self.sn_eps, self.dtype, self.attention_impl, self.remat,
-                    return_map=projected, name="F")(x, train)
-        if projected:
-            fx, fmap = fx
+                    return_map=on_map, name="F", conv_impl=self.conv_impl, **kw)(x, train)
+        if on_map:
+            fx, projected = fx
+        elif self.joint_projection == "image":
+            projected = x
         hz = mlp("H")(z.astype(jnp.float32), train)
         jxz = mlp("J")(jnp.concatenate([fx.astype(self.dtype), hz], axis=-1), train)
         score_xz = head("head_xz")(jxz, train)[:, 0].astype(jnp.float32)
-        if projected:
+        if self.joint_projection != "none":
             px = layers.SNDense(hz.shape[-1], use_bias=False, spectral_norm=False,
                                 kernel_init=nn.initializers.zeros, dtype=self.dtype,
-                                name="joint_projection")(fmap.reshape(fmap.shape[0], -1), train)
+                                param_dtype=self.param_dtype, name="joint_projection")(
+                projected.reshape(projected.shape[0], -1), train)
             score_xz = score_xz + jnp.sum(px.astype(jnp.float32) * hz.astype(jnp.float32), -1)
         return {
             "score_x": head("head_x")(fx, train)[:, 0].astype(jnp.float32),

@@ -20,8 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bbg_jax.models import layers
-from bbg_jax.models.conv import conv_general_dilated
+from bbg_jax.models import conv, layers
 
 Array = jax.Array
 Dtype = Any
@@ -49,7 +48,8 @@ def trunk_feature_dim(width: float) -> int:
     return int(2048 * width)
 
 
-def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str) -> nn.Conv:
+def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str,
+          param_dtype: Dtype = jnp.float32, conv_impl: str | None = None) -> nn.Conv:
     # Explicit (k-1)/2 padding on both sides rather than "SAME": this is the reference's
     # fixed_padding + VALID. With stride 2 on an even size, "SAME" would pad only the end side
     # and shift every output window by one pixel.
@@ -63,16 +63,16 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Dtype, name: str
         use_bias=False,
         kernel_init=_he_fan_out,
         dtype=dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=conv_general_dilated,
+        param_dtype=param_dtype,
+        conv_general_dilated=conv.for_impl(conv_impl),
         name=name,
     )
 
 
-def _root(x: Array, root: str, features: int, dtype: Dtype) -> Array:
+def _root(x: Array, root: str, features: int, dtype: Dtype, **conv_kw) -> Array:
     if root == "small":
-        return _conv(features, 3, 1, dtype, "root_conv")(x)
-    return _root_pool(_conv(features, 7, 2, dtype, "root_conv")(x))
+        return _conv(features, 3, 1, dtype, "root_conv", **conv_kw)(x)
+    return _root_pool(_conv(features, 7, 2, dtype, "root_conv", **conv_kw)(x))
 
 
 def _root_pool(x: Array) -> Array:
@@ -108,6 +108,9 @@ class BottleneckV2(nn.Module):
     bn_eps: float = 1e-5
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -115,18 +118,19 @@ class BottleneckV2(nn.Module):
             raise ValueError(f"BottleneckV2 filters must be divisible by 4, got {self.filters}.")
         bn = functools.partial(
             layers.BatchNorm, momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
-            dtype=self.dtype
+            dtype=self.dtype, param_dtype=self.param_dtype, update_state=self.update_state,
         )
+        conv_kw = dict(param_dtype=self.param_dtype, conv_impl=self.conv_impl)
         inner = self.filters // 4
         h = nn.relu(bn(name="bn_in")(x, train))
         shortcut = x
         if self.shortcut and (self.strides > 1 or self.filters != x.shape[-1]):
-            shortcut = _conv(self.filters, 1, self.strides, self.dtype, "proj")(h)
-        h = _conv(inner, 1, 1, self.dtype, "conv1")(h)
+            shortcut = _conv(self.filters, 1, self.strides, self.dtype, "proj", **conv_kw)(h)
+        h = _conv(inner, 1, 1, self.dtype, "conv1", **conv_kw)(h)
         h = nn.relu(bn(name="bn1")(h, train))
-        h = _conv(inner, 3, self.strides, self.dtype, "conv2")(h)
+        h = _conv(inner, 3, self.strides, self.dtype, "conv2", **conv_kw)(h)
         h = nn.relu(bn(name="bn2")(h, train))
-        h = _conv(self.filters, 1, 1, self.dtype, "conv3")(h)
+        h = _conv(self.filters, 1, 1, self.dtype, "conv3", **conv_kw)(h)
         if not self.shortcut:
             return h
         return h + shortcut.astype(h.dtype)
@@ -147,6 +151,9 @@ class ReversibleUnit(nn.Module):
     bn_eps: float = 1e-5
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     def setup(self):
         if self.channels % 8:
@@ -160,6 +167,9 @@ class ReversibleUnit(nn.Module):
             bn_eps=self.bn_eps,
             bn_groups=self.bn_groups,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            update_state=self.update_state,
+            conv_impl=self.conv_impl,
         )
 
     def _split(self, x: Array) -> tuple[Array, Array]:
@@ -192,10 +202,14 @@ class ReversibleStage(nn.Module):
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     def unit_kwargs(self) -> dict:
         return dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps, bn_groups=self.bn_groups,
-                    dtype=self.dtype)
+                    dtype=self.dtype, param_dtype=self.param_dtype,
+                    update_state=self.update_state, conv_impl=self.conv_impl)
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -280,13 +294,18 @@ class ResNetV2(nn.Module):
     bn_groups: int = 1
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
-                     bn_groups=self.bn_groups, dtype=self.dtype)
+                     bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype,
+                     update_state=self.update_state, conv_impl=self.conv_impl)
         # v2 puts no BN/ReLU after the root conv: the first unit's pre-activation does it.
-        x = _root(x, self.root, int(64 * self.width), self.dtype)
+        x = _root(x, self.root, int(64 * self.width), self.dtype,
+                  param_dtype=self.param_dtype, conv_impl=self.conv_impl)
         filters = int(256 * self.width)
         for s, n_units in enumerate(self.depths):
             for u in range(n_units):
@@ -296,7 +315,8 @@ class ResNetV2(nn.Module):
             filters *= 2
         x = layers.BatchNorm(
             momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
-            dtype=self.dtype, name="final_bn"
+            dtype=self.dtype, param_dtype=self.param_dtype, update_state=self.update_state,
+            name="final_bn"
         )(x, train)
         return nn.relu(x)
 
@@ -315,15 +335,20 @@ class RevNet(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False  # recompute each unit's activations in the backward pass
     reversible_backprop: bool = False  # see ReversibleStage
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         bn_kw = dict(bn_momentum=self.bn_momentum, bn_eps=self.bn_eps,
-                     bn_groups=self.bn_groups, dtype=self.dtype)
+                     bn_groups=self.bn_groups, dtype=self.dtype, param_dtype=self.param_dtype,
+                     update_state=self.update_state, conv_impl=self.conv_impl)
         # Reversible units keep the channel count, so the root conv must already produce the
         # first stage's width.
         channels = int(256 * self.width)
-        x = _root(x, self.root, channels, self.dtype)
+        x = _root(x, self.root, channels, self.dtype, param_dtype=self.param_dtype,
+                  conv_impl=self.conv_impl)
         for s, n_units in enumerate(self.depths):
             if s > 0:
                 x = _pool_and_double_channels(x)
@@ -334,22 +359,37 @@ class RevNet(nn.Module):
                  else stage(x, train))
         return layers.BatchNorm(
             momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
-            dtype=self.dtype, name="final_bn"
+            dtype=self.dtype, param_dtype=self.param_dtype, update_state=self.update_state,
+            name="final_bn"
         )(x, train)
 
 
 class Encoder(nn.Module):
     """BigBiGAN encoder: trunk (submodule ``trunk``) + head producing a diagonal Gaussian over z.
 
-    ``__call__(x, train, noise)`` takes NHWC images in [-1, 1] whose height and width are
-    multiples of 32 (8 with ``root="small"``) and returns float32 ``avepool_feat``
-    (N, 2048*width), ``bn_crelu_feat`` (N, 4096*width), ``z_mean``, ``z_stdev`` and
-    ``z_sample`` (N, z_dim).
+    Call: ``E.apply(variables, x, train=..., noise=None)`` with NHWC images x in [-1, 1] whose
+    height and width are multiples of 32 (8 with ``root="small"``); returns a dict of float32
+    ``avepool_feat`` (N, 2048*width: the trunk's pooled feature, the representation the paper
+    evaluates), ``bn_crelu_feat`` (N, 4096*width), ``z_mean``, ``z_stdev`` and ``z_sample``
+    (N, z_dim).
+
+    Collections: ``params`` and ``batch_stats`` (every batch norm; E has no spectral norm).
+    ``train=True`` normalises with the batch's statistics and writes the running averages, so
+    apply it with ``mutable=["batch_stats"]`` and keep the returned state; ``train=False`` uses
+    the stored averages (features of single images, a trained checkpoint). A training pass with
+    ``batch_stats`` immutable raises ``layers.StateNotMutableError``, unless ``update_state=False``
+    (compute with batch statistics, keep the stored ones).
 
     Stochastic mode samples z = mu + softplus(s) * eps with eps the ``noise`` argument or, if
     absent, drawn from the ``noise`` rng stream. Deterministic mode (``stochastic=False``, the
     deterministic-E ablation): the final linear layer outputs only z_dim values, z = z_mean, and
     ``z_stdev`` is zeros (a point mass); no rng is needed.
+
+    Fields: trunk (``VALID_TRUNKS``), width (channel multiplier), z_dim, mlp_depth and mlp_width
+    (the head's residual MLP), stochastic, bn_momentum, bn_eps, bn_groups, dtype (compute),
+    remat, stage_depths, root (``ROOTS``), reversible_backprop (RevNet), param_dtype (the
+    ``params`` collection's dtype), update_state (above) and conv_impl (``conv.CONV_IMPLS``;
+    None defers to the ``conv.weight_grad`` context, "xla" outside it).
     """
 
     trunk: str = "resnet50"
@@ -369,6 +409,9 @@ class Encoder(nn.Module):
     root: str = "imagenet"  # see ROOTS
     # RevNet only: backward pass by reconstruction instead of stored activations.
     reversible_backprop: bool = False
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True  # see layers.check_state_writable
+    conv_impl: str | None = None  # see bbg_jax.models.conv
 
     def _check_config(self) -> None:
         if self.trunk not in TRUNK_DEPTHS:
@@ -426,6 +469,9 @@ class Encoder(nn.Module):
             dtype=self.dtype,
             remat=self.remat,
             root=self.root,
+            param_dtype=self.param_dtype,
+            update_state=self.update_state,
+            conv_impl=self.conv_impl,
             name="trunk",
             **trunk_kw,
         )(x, train)
@@ -441,6 +487,7 @@ class Encoder(nn.Module):
             eps=self.bn_eps,
             groups=self.bn_groups,
             dtype=jnp.float32,
+            update_state=self.update_state,
             name="feat_bn",
         )(avepool_feat, train)
         bn_crelu_feat = jnp.concatenate([nn.relu(normed), nn.relu(-normed)], axis=-1)
@@ -450,10 +497,12 @@ class Encoder(nn.Module):
             width=self.mlp_width,
             spectral_norm=False,
             dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="head_mlp",
         )(avepool_feat, train)
         n_out = 2 * self.z_dim if self.stochastic else self.z_dim
-        out = layers.SNDense(n_out, spectral_norm=False, dtype=self.dtype, name="head_out")(
+        out = layers.SNDense(n_out, spectral_norm=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name="head_out")(
             g, train
         ).astype(jnp.float32)
 

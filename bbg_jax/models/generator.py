@@ -82,14 +82,20 @@ class GBlock(nn.Module):
     dtype: Any
     bn_groups: int = 1
     cbn_map_init: str = "orthogonal"
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
             self.bn_momentum, self.bn_eps, groups=self.bn_groups, map_init=self.cbn_map_init,
-            sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            sn_eps=self.sn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            update_state=self.update_state, name=name)
         conv = lambda k, name: layers.SNConv(  # noqa: E731
-            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            self.out_channels, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype,
+            param_dtype=self.param_dtype, update_state=self.update_state,
+            conv_impl=self.conv_impl, name=name)
         h = nn.relu(cbn("bn1")(x, cond, train))
         h = conv(3, "conv1")(upsample(h), train)
         h = nn.relu(cbn("bn2")(h, cond, train))
@@ -111,6 +117,9 @@ class GDeepBlock(nn.Module):
     dtype: Any
     bn_groups: int = 1
     cbn_map_init: str = "orthogonal"
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool) -> Array:
@@ -120,9 +129,11 @@ class GDeepBlock(nn.Module):
         mid = max(in_channels, self.out_channels) // 4
         cbn = lambda name: layers.ConditionalBatchNorm(  # noqa: E731
             self.bn_momentum, self.bn_eps, groups=self.bn_groups, map_init=self.cbn_map_init,
-            sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            sn_eps=self.sn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            update_state=self.update_state, name=name)
         conv = lambda f, k, name: layers.SNConv(  # noqa: E731
-            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, name=name)
+            f, kernel_size=k, sn_eps=self.sn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            update_state=self.update_state, conv_impl=self.conv_impl, name=name)
         h = conv(mid, 1, "conv1")(nn.relu(cbn("bn1")(x, cond, train)), train)
         h = nn.relu(cbn("bn2")(h, cond, train))
         if self.upsample:
@@ -139,6 +150,18 @@ class GDeepBlock(nn.Module):
 class Generator(nn.Module):
     """BigGAN generator G(z, label) → image in [-1, 1].
 
+    Call: ``G.apply(variables, z, label=None, train=...)`` with ``z`` (N, z_dim) and ``label``
+    (N,) int32 class ids (only for ``conditioning="class"``); returns float32 images
+    (N, resolution, resolution, out_channels) in [-1, 1] (tanh).
+
+    Collections: ``params``; ``batch_stats`` (conditional BN and the last BN); ``spectral``
+    (power-iteration vectors of every spectrally normalised weight). ``train=True`` normalises
+    with the batch's statistics and runs one power iteration, and writes both, so apply it with
+    ``mutable=["batch_stats", "spectral"]`` and keep the returned state; ``train=False`` reads
+    the stored state and needs nothing mutable. A training pass with an immutable collection
+    raises ``layers.StateNotMutableError``; ``update_state=False`` makes such a pass compute
+    with the batch's statistics and keep the stored state (for a pass whose state you discard).
+
     Args (fields):
       resolution: output size, one of 32, 64, 128, 256, 512.
       ch: channel multiplier (96 for BigGAN, 128 for BigGAN-deep).
@@ -152,9 +175,20 @@ class Generator(nn.Module):
         (None = the published positions for this resolution).
       deep: BigGAN-deep architecture.
       out_channels: image channels (3, or 1 for grayscale data).
+      bn_eps, bn_momentum: batch norm's epsilon and running-average momentum.
+      sn_eps: spectral norm's epsilon.
+      dtype: compute dtype (float32 or bfloat16); the output is float32.
+      param_dtype: dtype of the ``params`` collection (float32); statistics stay float32.
+      attention_impl: "dot_product" or "einsum" (``layers.ATTENTION_IMPLS``).
+      remat: recompute each block's activations in the backward pass.
+      bn_groups: grouped batch norm over consecutive batch slices (1 = the whole batch).
       cbn_map_init: how the conditional BN maps W_γ, W_β start: "orthogonal" (spectrally
         normalised, as BigGAN-PyTorch and compare_gan) or "zeros" (see
         ``layers.ConditionalBatchNorm``).
+      single_embed_init: the single label's embedding init, "orthogonal" or "normal".
+      update_state: see above.
+      conv_impl: convolution implementation (``conv.CONV_IMPLS``); None defers to the
+        ``conv.weight_grad`` context ("xla" outside it). Use "xla" for ``jax.jvp``.
     """
 
     resolution: int = 128
@@ -176,6 +210,9 @@ class Generator(nn.Module):
     bn_groups: int = 1  # grouped batch norm (1 = over the whole global batch)
     cbn_map_init: str = "orthogonal"
     single_embed_init: str = "orthogonal"
+    param_dtype: Any = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     def channel_plan(self) -> tuple[list[int], list[int]]:
         plans = BIGGAN_DEEP_G_CHANNELS if self.deep else BIGGAN_G_CHANNELS
@@ -190,13 +227,14 @@ class Generator(nn.Module):
     def _embedding(self, label: Array | None, batch: int) -> Array | None:
         if self.conditioning == "single":
             e = self.param("embed", _single_embedding_init(self.single_embed_init),
-                           (self.embed_dim,), jnp.float32)
+                           (self.embed_dim,), self.param_dtype)
             return jnp.broadcast_to(e, (batch, self.embed_dim))
         if self.conditioning == "class":
             if label is None:
                 raise ValueError("conditioning='class' needs integer labels: G(z, label).")
             table = nn.Embed(self.num_classes, self.embed_dim,
-                             embedding_init=nn.initializers.orthogonal(), name="embed")
+                             embedding_init=nn.initializers.orthogonal(),
+                             param_dtype=self.param_dtype, name="embed")
             return table(label)
         if self.conditioning == "none":
             return None
@@ -233,8 +271,11 @@ class Generator(nn.Module):
         else:
             z0, conds = z, [cat(z, e)] * len(ins)
 
+        kw = dict(param_dtype=self.param_dtype, update_state=self.update_state)
+        block_kw = dict(bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,
+                        conv_impl=self.conv_impl, **kw)
         h = layers.SNDense(4 * 4 * ins[0], sn_eps=self.sn_eps, dtype=self.dtype,
-                           name="linear")(z0, train)
+                           name="linear", **kw)(z0, train)
         h = h.reshape(n, 4, 4, ins[0])
         size = 4
         for i, (c_out, cond) in enumerate(zip(outs, conds, strict=True)):
@@ -242,26 +283,23 @@ class Generator(nn.Module):
                 up = i % 2 == 1
                 block = layers.maybe_remat(GDeepBlock, self.remat, 3)(
                     c_out, up, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,
-                    name=f"block_{i}")
+                    name=f"block_{i}", **block_kw)
             else:
                 up = True
                 block = layers.maybe_remat(GBlock, self.remat, 3)(
                     c_out, self.bn_eps, self.bn_momentum, self.sn_eps, self.dtype,
-                    bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,
-                    name=f"block_{i}")
+                    name=f"block_{i}", **block_kw)
             h = block(h, cond, train)
             size *= 2 if up else 1
             # Attention follows the (up-)block that reaches an attention resolution.
             if size in attention and up:
                 h = layers.SelfAttention(
                     sn_eps=self.sn_eps, dtype=self.dtype, impl=self.attention_impl,
-                    name=f"attention_{size}")(h, train)
+                    conv_impl=self.conv_impl, name=f"attention_{size}", **kw)(h, train)
         if size != self.resolution:
             raise AssertionError(f"channel plan reached {size}, not {self.resolution}")
         h = layers.BatchNorm(momentum=self.bn_momentum, eps=self.bn_eps, groups=self.bn_groups,
-                             dtype=self.dtype,
-                             name="bn_out")(h, train)
+                             dtype=self.dtype, name="bn_out", **kw)(h, train)
         h = layers.SNConv(self.out_channels, kernel_size=3, sn_eps=self.sn_eps, dtype=self.dtype,
-                          name="conv_out")(nn.relu(h), train)
+                          conv_impl=self.conv_impl, name="conv_out", **kw)(nn.relu(h), train)
         return jnp.tanh(h.astype(jnp.float32))

@@ -1,20 +1,25 @@
 """Building blocks shared by G, E and D.
 
-Variable collections (see DESIGN.md, "Explicit state collections"):
+Variable collections:
 
-* ``params``      -- trainable weights, always float32.
+* ``params``      -- trainable weights, created in ``param_dtype`` (float32 by default).
 * ``batch_stats`` -- running means/variances of batch norm, float32.
-* ``spectral``    -- power-iteration vectors ``u`` of spectral normalisation, float32.
+* ``spectral``    -- spectral normalisation's state, float32: for each normalised weight, a
+  ``SpectralNormParam`` submodule named ``sn`` beside the weight holds ``u`` (the power-iteration
+  estimate of the top right singular vector, shape (out,)) and ``sigma`` (the last estimate of the
+  top singular value, for monitoring).
 
 Every stateful layer takes ``train``: with ``train=True`` batch norm normalises with the batch's
-statistics and spectral norm runs one power iteration; with ``train=False`` batch norm uses its
-running averages and spectral norm runs none. Whether the new state is *stored* is decided by the
-caller alone, through ``mutable=``: a layer writes ``batch_stats``/``spectral`` only when that
-collection is mutable, so a pass that must not touch the statistics (say, a second discriminator
-pass in the same step) is simply applied with ``mutable=False`` for it.
+statistics and spectral norm runs one power iteration (Miyato et al., 2018; BigGAN, Brock et al.
+2018, section 4); with ``train=False`` batch norm uses its running averages and spectral norm runs
+none. A training pass writes the new state, so its collection must be mutable: ``.apply(...,
+train=True)`` without ``mutable=["batch_stats", "spectral"]`` (those the module has) raises
+``StateNotMutableError`` rather than dropping the update silently. A pass that must compute with
+batch statistics but keep the stored state (the trainer's D update runs G and E this way; the
+G/E update stores their state) sets the layer field ``update_state=False``.
 
 Compute dtype: layers take ``dtype`` (float32 or bfloat16) for their matmuls/convolutions;
-parameters, statistics and the spectral-norm arithmetic stay float32.
+statistics and the spectral-norm arithmetic stay float32.
 """
 
 from __future__ import annotations
@@ -36,6 +41,31 @@ SPECTRAL = "spectral"
 BATCH_STATS = "batch_stats"
 
 orthogonal_init = nn.initializers.orthogonal()
+
+
+class StateNotMutableError(ValueError):
+    """A training pass (``train=True``) of a stateful layer whose collection is immutable."""
+
+
+def check_state_writable(module: nn.Module, collection: str, update_state: bool) -> bool:
+    """Whether ``module`` (running with train=True) should write ``collection``.
+
+    At init nothing is written; with ``update_state=False`` nothing is, by request; otherwise the
+    collection must be mutable, or this raises instead of dropping the update silently.
+    """
+    if module.is_initializing() or not update_state:
+        return False
+    if module.is_mutable_collection(collection):
+        return True
+    path = "/".join(module.scope.path) if module.scope is not None else type(module).__name__
+    raise StateNotMutableError(
+        f"{type(module).__name__} at {path!r} ran with train=True, which updates the "
+        f"{collection!r} collection, but {collection!r} is not mutable, so the update would be "
+        f"lost. Pass mutable=[{BATCH_STATS!r}, {SPECTRAL!r}] (the collections the model has) to "
+        "apply() and keep the returned state; or pass train=False to use the stored state; or "
+        "set update_state=False on the module for a pass that computes with batch statistics "
+        "but deliberately keeps the stored state."
+    )
 
 
 def _l2_normalize(x: Array, eps: float) -> Array:
@@ -69,12 +99,13 @@ class SpectralNormParam(nn.Module):
     """Holds the power-iteration vector of one weight and normalises that weight.
 
     ``n_power_iterations`` iterations run per training call (BigGAN: 1), none at evaluation.
-    The vector lives in the ``spectral`` collection and is written only when that collection is
-    mutable. ``sigma`` is also recorded there, for monitoring.
+    Collections: reads and, with ``train=True``, writes ``spectral`` (``u``, ``sigma``); see
+    ``check_state_writable`` for ``update_state``.
     """
 
     eps: float = 1e-4
     n_power_iterations: int = 1
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, kernel: Array, train: bool) -> Array:
@@ -90,14 +121,18 @@ class SpectralNormParam(nn.Module):
         w_sn, u_new, sigma = spectral_normalize(
             kernel, u.value, n_iterations=n_iter, eps=self.eps
         )
-        if train and self.is_mutable_collection(SPECTRAL) and not self.is_initializing():
+        if train and check_state_writable(self, SPECTRAL, self.update_state):
             u.value = u_new
             sigma_var.value = jax.lax.stop_gradient(sigma)
         return w_sn
 
 
 class SNDense(nn.Module):
-    """Dense layer with optional spectral normalisation of its kernel."""
+    """Dense layer with optional spectral normalisation of its kernel.
+
+    ``(x (..., in), train) -> (..., features)`` in ``dtype``. Collections: ``params``
+    (kernel, bias); ``spectral`` when ``spectral_norm``.
+    """
 
     features: int
     use_bias: bool = True
@@ -105,21 +140,30 @@ class SNDense(nn.Module):
     sn_eps: float = 1e-4
     kernel_init: Initializer = orthogonal_init
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            self.param_dtype)
         if self.spectral_norm:
-            kernel = SpectralNormParam(eps=self.sn_eps, name="sn")(kernel, train)
+            kernel = SpectralNormParam(eps=self.sn_eps, update_state=self.update_state,
+                                       name="sn")(kernel, train)
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
 
 
 class SNConv(nn.Module):
-    """2-D convolution (NHWC, SAME padding) with optional spectral normalisation."""
+    """2-D convolution (NHWC, SAME padding) with optional spectral normalisation.
+
+    ``(x (N, H, W, C), train) -> (N, H/strides, W/strides, features)`` in ``dtype``.
+    Collections: ``params`` (kernel, bias); ``spectral`` when ``spectral_norm``.
+    ``conv_impl``: see ``bbg_jax.models.conv`` (None: the ``weight_grad`` context's choice).
+    """
 
     features: int
     kernel_size: int = 3
@@ -129,18 +173,22 @@ class SNConv(nn.Module):
     sn_eps: float = 1e-4
     kernel_init: Initializer = orthogonal_init
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
-                            jnp.float32)
+                            self.param_dtype)
         if self.spectral_norm:
-            kernel = SpectralNormParam(eps=self.sn_eps, name="sn")(kernel, train)
+            kernel = SpectralNormParam(eps=self.sn_eps, update_state=self.update_state,
+                                       name="sn")(kernel, train)
         y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                        (self.strides, self.strides), "SAME")
+                   (self.strides, self.strides), "SAME", impl=self.conv_impl)
         if self.use_bias:
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
 
@@ -169,6 +217,7 @@ class _Normalizer(nn.Module):
     eps: float = 1e-4
     axis_name: str | None = None
     groups: int = 1
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -186,7 +235,7 @@ class _Normalizer(nn.Module):
         # the batch split over the mesh, a group is a block of devices. groups=1: global BN.
         xg = x.reshape(self.groups, n // self.groups, *x.shape[1:])
         mean, var = jax.vmap(lambda t: batch_moments(t, self.axis_name))(xg)  # [groups, C]
-        if self.is_mutable_collection(BATCH_STATS) and not self.is_initializing():
+        if check_state_writable(self, BATCH_STATS, self.update_state):
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * jnp.mean(mean, 0)
             ra_var.value = m * ra_var.value + (1 - m) * jnp.mean(var, 0)
@@ -196,7 +245,12 @@ class _Normalizer(nn.Module):
 
 
 class BatchNorm(nn.Module):
-    """Batch norm with optional learned scale/offset (used by E, and G's last layer)."""
+    """Batch norm with optional learned scale/offset (used by E, and G's last layer).
+
+    ``(x (..., C), train) -> same shape`` in ``dtype``. Collections: ``params`` (scale, bias);
+    ``batch_stats`` (``norm/mean``, ``norm/var``), written when ``train=True`` (see
+    ``check_state_writable``).
+    """
 
     use_scale: bool = True
     use_bias: bool = True
@@ -205,16 +259,18 @@ class BatchNorm(nn.Module):
     axis_name: str | None = None
     groups: int = 1  # >1: grouped BN over consecutive batch slices (see _Normalizer)
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         c = x.shape[-1]
-        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
-            x, train)
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups,
+                        update_state=self.update_state, name="norm")(x, train)
         if self.use_scale:
-            y = y * self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+            y = y * self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+            y = y + self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         return y.astype(self.dtype)
 
 
@@ -245,6 +301,8 @@ class ConditionalBatchNorm(nn.Module):
     map_init: str = "orthogonal"  # see CBN_MAP_INITS
     sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, x: Array, cond: Array, train: bool = True) -> Array:
@@ -252,13 +310,14 @@ class ConditionalBatchNorm(nn.Module):
             raise ValueError(f"ConditionalBatchNorm map_init={self.map_init!r}; use one of "
                              f"{CBN_MAP_INITS}.")
         c = x.shape[-1]
-        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups, name="norm")(
-            x, train)
+        y = _Normalizer(self.momentum, self.eps, self.axis_name, self.groups,
+                        update_state=self.update_state, name="norm")(x, train)
         orthogonal = self.map_init == "orthogonal"
         dense = lambda name: SNDense(  # noqa: E731
             c, use_bias=False, spectral_norm=orthogonal, sn_eps=self.sn_eps,
             kernel_init=orthogonal_init if orthogonal else nn.initializers.zeros,
-            dtype=jnp.float32, name=name)
+            dtype=jnp.float32, param_dtype=self.param_dtype, update_state=self.update_state,
+            name=name)
         cond = cond.astype(jnp.float32)
         gain = 1.0 + dense("gamma")(cond, train)
         bias = dense("beta")(cond, train)
@@ -291,6 +350,9 @@ class SelfAttention(nn.Module):
     sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
     impl: str = "dot_product"  # or "einsum": the explicit softmax(θφᵀ)·g
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
+    conv_impl: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -299,7 +361,8 @@ class SelfAttention(nn.Module):
             raise ValueError(f"SelfAttention needs channels divisible by 8, got {c}.")
         conv = lambda f, name: SNConv(  # noqa: E731
             f, kernel_size=1, use_bias=False, spectral_norm=self.spectral_norm,
-            sn_eps=self.sn_eps, dtype=self.dtype, name=name,
+            sn_eps=self.sn_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+            update_state=self.update_state, conv_impl=self.conv_impl, name=name,
         )
         pool = lambda t: nn.max_pool(t, (2, 2), strides=(2, 2))  # noqa: E731
         theta = conv(c // 8, "theta")(x, train).reshape(n, h * w, c // 8)
@@ -321,7 +384,7 @@ class SelfAttention(nn.Module):
         else:
             raise ValueError(f"SelfAttention impl={self.impl!r}; use one of {ATTENTION_IMPLS}.")
         o = conv(c, "out")(o, train)
-        gamma = self.param("gamma", nn.initializers.zeros, (), jnp.float32)
+        gamma = self.param("gamma", nn.initializers.zeros, (), self.param_dtype)
         return (x + gamma.astype(self.dtype) * o).astype(self.dtype)
 
 
@@ -339,6 +402,8 @@ class ResidualMLP(nn.Module):
     spectral_norm: bool = False
     sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    update_state: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
@@ -346,7 +411,8 @@ class ResidualMLP(nn.Module):
             raise ValueError(f"ResidualMLP depth must be >= 1, got {self.depth}.")
         dense = lambda name: SNDense(  # noqa: E731
             self.width, spectral_norm=self.spectral_norm, sn_eps=self.sn_eps,
-            dtype=self.dtype, name=name,
+            dtype=self.dtype, param_dtype=self.param_dtype, update_state=self.update_state,
+            name=name,
         )
         h = dense("dense_0")(x, train)
         for i in range(1, self.depth):

@@ -28,8 +28,7 @@ _AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
 
 
 # Below 256 input and output channels the transforms' memory traffic costs more than the saved
-# products on this project's 2-core CPU (batch 64 at 32×32, forward: 128→128 0.22 s against XLA's
-# 0.20 s; 256→256 at batch 50 0.41 s against 0.54 s), and every use adds compile time.
+# products on a CPU (measurements in docs/modules.md), and every use adds compile time.
 MIN_CHANNELS = 256
 MIN_SIDE = 8
 

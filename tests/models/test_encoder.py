@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bbg_jax.models import layers
 from bbg_jax.models.encoder import VALID_TRUNKS, Encoder, ReversibleUnit
 
 KEYS = {"avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev", "z_sample"}
@@ -261,8 +262,12 @@ def test_train_mode_updates_batch_stats_and_bn_crelu(tiny_setup):
     live = jnp.var(out["avepool_feat"], 0) > 1e-3  # features constant over the batch normalise to 0
     np.testing.assert_allclose(var[live], 1.0, rtol=1e-2)
 
-    # Training mode without a mutable collection is allowed and writes nothing.
-    frozen = model.apply(variables, x, train=True, noise=jnp.zeros((BATCH, Z_DIM)))
+    # Training mode without a mutable collection raises rather than dropping the statistics;
+    # update_state=False asks for exactly that pass (batch statistics, stored state kept).
+    with pytest.raises(layers.StateNotMutableError, match="batch_stats"):
+        model.apply(variables, x, train=True, noise=jnp.zeros((BATCH, Z_DIM)))
+    frozen = model.clone(update_state=False).apply(variables, x, train=True,
+                                                   noise=jnp.zeros((BATCH, Z_DIM)))
     np.testing.assert_allclose(frozen["z_mean"], out["z_mean"], rtol=1e-6, atol=1e-6)
 
 
@@ -294,7 +299,8 @@ def test_bfloat16_close_to_float32(tiny_setup):
 
 @pytest.mark.parametrize("train", [False, True])
 def test_reversible_unit_inverse(train):
-    unit = ReversibleUnit(channels=32)
+    # update_state=False: the training-mode passes use batch statistics and store none.
+    unit = ReversibleUnit(channels=32, update_state=False)
     x = jax.random.normal(jax.random.key(3), (2, 8, 8, 32))
     # Random kernels and non-trivial BN state, so that F is far from an identity-normalised map.
     rng = np.random.default_rng(5)

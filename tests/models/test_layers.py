@@ -48,8 +48,13 @@ def test_spectral_norm_iterates_only_in_training():
     assert not np.allclose(state["spectral"]["sn"]["u"], u0)
     _, state = module.apply(variables, x, train=False, mutable=["spectral"])
     np.testing.assert_array_equal(state["spectral"]["sn"]["u"], u0)
-    # Immutable spectral collection: training pass runs, state is left alone.
-    module.apply(variables, x, train=True)
+    # Immutable spectral collection: a training pass raises rather than dropping the update;
+    # update_state=False runs it and leaves the state alone, as asked.
+    with pytest.raises(layers.StateNotMutableError, match="spectral"):
+        module.apply(variables, x, train=True)
+    _, state = module.clone(update_state=False).apply(variables, x, train=True,
+                                                      mutable=["spectral"])
+    np.testing.assert_array_equal(state["spectral"]["sn"]["u"], u0)
 
 
 def test_spectral_norm_gradient_matches_finite_difference():
