@@ -1,14 +1,15 @@
 """Times BigGAN-PyTorch's own training iteration on the CPU (the peer half of
 ``scripts/vs_biggan_pytorch.py``; runs under a Python with torch, not bbg-jax's).
 
-    TORCH_PYTHON scripts/biggan_pytorch_iteration.py PEER_DIR [key=value ...]
+    TORCH_PYTHON scripts/biggan_pytorch_iteration.py PEER_DIR [key=value ...] [--dry_run]
 
 PEER_DIR is a checkout of ajbrock/BigGAN-PyTorch (MIT; never copied into this project). Its
 ``train_fns.GAN_training_function`` is timed as ``train.py`` calls it: ``num_D_steps`` D updates
 on real and generated batches, one G update, the EMA of G. Settings default to
 ``scripts/launch_cifar_ema.sh``'s CIFAR-10 model (G_ch = D_ch = 64, dim_z 128, 32 px, no
 attention, 10 classes). The peer's own dependencies (torchvision, h5py, tqdm, pillow) must be
-installed. Prints one JSON line.
+installed. Prints one JSON line. ``--dry_run`` prints the settings and what this Python and
+PEER_DIR hold (torch importable? the peer's modules present?) as that line, without torch.
 """
 
 import json
@@ -53,12 +54,37 @@ def _allow_missing_torchvision() -> bool:
     return True
 
 
+# The peer's modules the timed iteration imports.
+PEER_MODULES = ("BigGAN.py", "train_fns.py", "utils.py", "layers.py")
+
+
+def environment(peer: str) -> dict:
+    """What this Python and the peer checkout hold, found without importing torch."""
+    import importlib.util
+    import platform
+
+    return {"python": sys.executable, "python_version": platform.python_version(),
+            "torch_importable": importlib.util.find_spec("torch") is not None,
+            "peer": peer, "peer_missing": [m for m in PEER_MODULES
+                                           if not os.path.isfile(os.path.join(peer, m))]}
+
+
 def main(argv):
+    # --dry_run: the settings and the environment, no torch (tests, and a check before a run).
+    dry_run = "--dry_run" in argv
+    argv = [a for a in argv if a != "--dry_run"]
+    if len(argv) < 2:
+        sys.exit(__doc__)
     peer, overrides = argv[1], argv[2:]
     s = dict(SETTINGS)
     for item in overrides:
         key, value = item.split("=", 1)
+        if key not in SETTINGS:
+            sys.exit(f"unknown setting {key!r}; settings: {', '.join(SETTINGS)}")
         s[key] = type(SETTINGS[key])(value)
+    if dry_run:
+        print(json.dumps({"who": "BigGAN-PyTorch", "dry_run": True, **s, **environment(peer)}))
+        return
     sys.path.insert(0, peer)
     import torch
 

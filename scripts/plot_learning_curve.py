@@ -5,6 +5,8 @@ of the report's baselines as horizontal lines; ``--table`` also prints the curve
     .venv/bin/pip install -e '.[docs]'   # matplotlib: this figure only, never the library
     .venv/bin/python scripts/plot_learning_curve.py --workdir=WORKDIR \
         --out=docs/learning_curve.png [--baselines=WORKDIR/report.json] [--table]
+
+``--table`` without ``--out`` prints the table alone, without matplotlib.
 """
 
 from __future__ import annotations
@@ -12,16 +14,12 @@ from __future__ import annotations
 import json
 import os
 
-import matplotlib
 from absl import app, flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from bbg_jax.evaluation import standalone  # noqa: E402
+from bbg_jax.evaluation import standalone
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
-_OUT = flags.DEFINE_string("out", None, "The figure's file (e.g. curve.png).")
+_OUT = flags.DEFINE_string("out", None, "The figure's file (e.g. curve.png); none: --table only.")
 _BASELINES = flags.DEFINE_string("baselines", None, "A report.json whose baseline rows to draw.")
 _TABLE = flags.DEFINE_bool("table", False, "Also print the curve as a Markdown table.")
 
@@ -64,11 +62,30 @@ def markdown_table(reports: list[dict], fid_keys: list[str]) -> str:
 
 def main(argv) -> None:
     del argv
+    if not (_OUT.value or _TABLE.value):
+        raise app.UsageError("name a figure (--out) or ask for the table (--table)")
     reports = standalone.periodic_reports(_WORKDIR.value)
     if not reports:
         raise SystemExit(f"no evaluations under {_WORKDIR.value}/eval/step_*/report.json")
-    steps = [r["step"] for r in reports]
     fid_keys = sorted({k for r in reports for k in r["metrics"] if k.startswith("fid_")})
+    if _OUT.value:
+        plot(reports, fid_keys)
+        print(_OUT.value)
+    if _TABLE.value:
+        print(markdown_table(reports, fid_keys))
+
+
+def plot(reports: list[dict], fid_keys: list[str]) -> None:
+    # Imported here: matplotlib is the docs extra's, and the table needs none of it (the default
+    # test suite runs --table in an environment without it).
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--out needs matplotlib: .venv/bin/pip install -e '.[docs]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in reports]
     # A run evaluated without the FID evaluator or the diagnostics gets fewer panels.
     panels = [p for p in DIAGNOSTIC_PANELS if any(series(reports, k) for k, _ in p[1])]
     n = 1 + bool(fid_keys) + len(panels)
@@ -120,11 +137,8 @@ def main(argv) -> None:
                  f"steps {steps[0]}-{steps[-1]}")
     fig.tight_layout()
     fig.savefig(_OUT.value, dpi=110)
-    print(_OUT.value)
-    if _TABLE.value:
-        print(markdown_table(reports, fid_keys))
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)

@@ -2,6 +2,7 @@
 
     python scripts/vs_biggan_pytorch.py --peer=PATH/TO/BigGAN-PyTorch \
         --torch_python=PATH/TO/python-with-torch [--rounds=3] [--steps=5] [--num_d_steps=1]
+        [--dry_run]
 
 Each round times, one after the other in fresh processes so they never share the cores:
 BigGAN-PyTorch's own training iteration (``scripts/biggan_pytorch_iteration.py``: its
@@ -10,12 +11,15 @@ BigGAN-PyTorch's own training iteration (``scripts/biggan_pytorch_iteration.py``
 Both sides: batch 50, ``--num_d_steps`` D updates and one G update per iteration, the same
 channel widths (G 256, D 256 per block), no attention, 10 classes. Prints a markdown table of
 the medians over rounds, the fp32 ratio of images/s, and one JSON line per measurement.
+``--dry_run`` prints the protocol (each round's commands) and the environment (the peer's
+``--dry_run`` line: its settings, torch importable, the peer's modules) and times nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -35,34 +39,78 @@ _DEVICES = flags.DEFINE_integer("devices", os.cpu_count() or 1,
                                 "Simulated host devices for bbg-jax (the batch is split).")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count() or 1, "torch threads for the peer.")
 _BF16 = flags.DEFINE_bool("bf16", True, "Also time bbg-jax in bfloat16.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the protocol and the environment only.")
 
 
 def _last_json(out: str) -> dict:
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
+# The commands are built in one place, so --dry_run prints exactly what a run executes.
+def peer_command() -> list[str]:
+    return [_TORCH_PYTHON.value, str(ROOT / "scripts" / "biggan_pytorch_iteration.py"),
+            _PEER.value, f"steps={_STEPS.value}", f"num_D_steps={_NUM_D_STEPS.value}",
+            f"threads={_THREADS.value}"]
+
+
+def bbg_jax_command(dtype: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, the environment variables it sets) of one bbg-jax measurement."""
+    cmd = [sys.executable, "-m", "bbg_jax.benchmark", "--config=experiments/biggan_cifar.py",
+           "--config.data.dataset=synthetic", f"--config.train.n_d_steps={_NUM_D_STEPS.value}",
+           f"--steps={_STEPS.value}", f"--dtype={dtype}"]
+    env = {"JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                        f"--xla_force_host_platform_device_count={_DEVICES.value}".strip()}
+    return cmd, env
+
+
 def peer_iteration() -> dict:
-    cmd = [_TORCH_PYTHON.value, str(ROOT / "scripts" / "biggan_pytorch_iteration.py"),
-           _PEER.value, f"steps={_STEPS.value}", f"num_D_steps={_NUM_D_STEPS.value}",
-           f"threads={_THREADS.value}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(peer_command(), capture_output=True, text=True, check=True)
     return _last_json(out.stdout)
 
 
 def bbg_jax_step(dtype: str) -> dict:
-    cmd = [sys.executable, "-m", "bbg_jax.benchmark", "--config=experiments/biggan_cifar.py",
-           "--config.data.dataset=synthetic", f"--config.train.n_d_steps={_NUM_D_STEPS.value}",
-           f"--steps={_STEPS.value}", f"--dtype={dtype}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                        f"--xla_force_host_platform_device_count={_DEVICES.value}"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    cmd, env = bbg_jax_command(dtype)
+    out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, capture_output=True,
+                         text=True, check=True)
     row = _last_json(out.stdout)
     return {"who": f"bbg-jax {dtype}", **row}
 
 
+def dry_run() -> None:
+    """The protocol and the environment, without torch: the peer script's own --dry_run line
+    under --torch_python (its settings, whether torch imports there, the peer's modules)."""
+    dtypes = ["float32", "bfloat16"] if _BF16.value else ["float32"]
+    print(f"protocol: {_ROUNDS.value} rounds, each in fresh processes one after the other: "
+          f"BigGAN-PyTorch, then bbg-jax {', then '.join(dtypes)}; {_STEPS.value} timed "
+          f"iterations each after one warm-up; {_NUM_D_STEPS.value} D + 1 G update per "
+          "iteration, batch 50")
+    print("peer:    " + shlex.join(peer_command()))
+    for dtype in dtypes:
+        cmd, env = bbg_jax_command(dtype)
+        print(f"bbg-jax: (cd {ROOT} && " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+              + " " + shlex.join(cmd) + ")")
+    import jax
+
+    print(json.dumps({"who": "bbg-jax", "python": sys.executable, "jax": jax.__version__,
+                      "devices": _DEVICES.value, "cpu_count": os.cpu_count()}))
+    out = subprocess.run([*peer_command(), "--dry_run"], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"the peer script's --dry_run under {_TORCH_PYTHON.value} failed:\n"
+                 f"{out.stderr[-2000:]}")
+    env = _last_json(out.stdout)
+    print(json.dumps(env))
+    problems = ([] if env["torch_importable"] else [f"torch is not importable by "
+                                                     f"{_TORCH_PYTHON.value}"]) + [
+        f"{_PEER.value} lacks {m}" for m in env["peer_missing"]]
+    print("ready to run" if not problems else "not ready: " + "; ".join(problems))
+
+
 def main(argv):
     del argv
+    if _DRY_RUN.value:
+        dry_run()
+        return
     runs: dict[str, list[dict]] = {}
     for r in range(_ROUNDS.value):
         measures = [("BigGAN-PyTorch fp32", peer_iteration),

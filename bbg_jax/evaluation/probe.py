@@ -62,6 +62,16 @@ def result_from_arrays(arrays: dict[str, np.ndarray]) -> ProbeResult:
                        np.asarray(arrays["weights"]), np.asarray(arrays["bias"]))
 
 
+def feature_fn(encoder: nn.Module) -> Callable[[dict, jax.Array], dict[str, jax.Array]]:
+    """``(variables, images) -> {avepool_feat, bn_crelu_feat}``: E frozen, in evaluation mode."""
+    def forward(variables, x):
+        out = encoder.apply(variables, x, train=False,
+                            noise=jnp.zeros((x.shape[0], encoder.z_dim)))
+        return {k: out[k].astype(jnp.float32) for k in FEATURES}
+
+    return forward
+
+
 class FeatureExtractor:
     """Frozen E's probe features, jitted once over the mesh with E's variables as arguments.
 
@@ -70,12 +80,7 @@ class FeatureExtractor:
     """
 
     def __init__(self, encoder: nn.Module, mesh=None):
-        def forward(variables, x):
-            out = encoder.apply(variables, x, train=False,
-                                noise=jnp.zeros((x.shape[0], encoder.z_dim)))
-            return {k: out[k].astype(jnp.float32) for k in FEATURES}
-
-        self._forward = ShardedFn(forward, mesh)
+        self._forward = ShardedFn(feature_fn(encoder), mesh)
 
     def __call__(self, variables: dict, batches: Iterable[dict], image_key: str = "image_e"
                  ) -> dict[str, np.ndarray]:
