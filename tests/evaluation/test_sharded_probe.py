@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 # Growth of a process's peak RSS (VmHWM) during the 24,576-wide probe, over its RSS just before.
-# Measured here (2 processes x 2 CPU devices, 4,096 + 2 x 512 images): the replicated path
-# 886 and 898 MB (every process holds all 4,096 x 24,576 floats, 403 MB, twice while
-# concatenating), the sharded path 716 and 728 MB (its half, 201 MB, once, the devices' copy of
-# one feature, and a fixed ~300 MB of compiled programs that does not grow with N).
+# Measured here (2 processes x 2 CPU devices, 4,096 + 2 x 512 images, two runs): the replicated
+# path 874-961 MB (every process holds all 4,096 x 24,576 floats, 403 MB, twice while
+# concatenating), the sharded path 664-728 MB (its half, 201 MB, once, the devices' copy of one
+# feature, and ~350 MB that does not grow with N). At 8,192 images: 1,668-1,700 vs 999-1,008 MB.
 CEILING_MB = 800
 TIMEOUT_S = 600
 
