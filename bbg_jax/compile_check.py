@@ -35,8 +35,9 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-# Chip facts: (HBM bytes per chip, dense bf16 peak FLOP/s per chip). Public datasheet numbers;
-# SPEC §9 gives v4, v5p and H100. v5p/v4 topologies count chips (megacore: one device per chip).
+# Chip facts: (HBM bytes per chip, dense bf16 peak FLOP/s per chip). Public datasheet numbers
+# for the chips the paper-scale configs target: v4, v5p and H100. v5p/v4 topologies count
+# chips (megacore: one device per chip).
 GIB = 1024**3
 CHIPS = {
     "v3": (32 * GIB, 123e12),

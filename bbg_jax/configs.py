@@ -2,7 +2,7 @@
 
 Every experiment file defines ``get_config(arg=None)`` and starts from these defaults, so one
 field means the same thing everywhere. Values marked [open] are not known from the paper
-(see ../shared/SPEC.md) and are knobs with a stated default.
+(the BigBiGAN and BigGAN papers) and are knobs with a stated default.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def biggan_model(resolution: int = 128, ch: int = 96, z_dim: int = 120,
 
 
 def train_config() -> ml_collections.ConfigDict:
-    """The optimisation section (SPEC §6). Durations are in G/E steps."""
+    """The optimisation section (BigGAN's settings). Durations are in G/E steps."""
     import ml_collections
 
     t = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""The BigBiGAN objective (SPEC §3) and its ablations, as one function of D's scores.
+"""The BigBiGAN objective (Donahue & Simonyan 2019) and its ablations, as one function of
+D's scores.
 
 D returns {"score_x", "score_z", "score_xz"} on encoder pairs (x ~ data, ẑ = E(x)) and on
 generator pairs (G(z), z). With the terms T taking part, the released reference code's

@@ -1,6 +1,6 @@
 """Device mesh, shardings and global-batch assembly.
 
-Decision (DESIGN.md): jit over a Mesh, not pmap. The batch is split along one mesh axis, ``data``;
+Decision: jit over a Mesh, not pmap. The batch is split along one mesh axis, ``data``;
 parameters and the rest of the train state are replicated. Batch statistics computed under jit
 over the global batch are therefore cross-replica for free.
 """

@@ -16,9 +16,9 @@ Expected:  parameter counts (checked by tests/test_configs.py):
            D 152,789,284 = F 86,444,833 + H 29,622,272 + J 36,716,544 + three heads 5,635;
            E 83,220,272 = ResNet-50 v2 trunk 23,500,352 + 4 x 4096 residual MLP head 59,719,920.
 Paper:     the base row of Table 1 (linear probe accuracy on train_val, FID, IS).
-[open]:    H/J depth and width (8 x 2048), the E head (4 x 4096) (SPEC §2, §5); BigGAN's learning
-           rates (G 5e-5, D 2e-4, E = G), 2 D steps per G/E step, Adam eps 1e-6, no orthogonal
-           regularisation, EMA start 20k (SPEC §4, §6) -- all in config.train.
+[open]:    H/J depth and width (8 x 2048), the E head (4 x 4096), not in the paper; BigGAN's
+           learning rates (G 5e-5, D 2e-4, E = G), 2 D steps per G/E step, Adam eps 1e-6, no
+           orthogonal regularisation, EMA start 20k (BigGAN's settings) -- all in config.train.
 """
 
 import ml_collections

@@ -10,11 +10,11 @@ Time:      analytic 569 GFLOP per image (forward: G 43.0, D 22.2) -> 1.17 PFLOP 
            -> 0.20 s on 32 v5p chips at 40% of 459 TFLOP/s -> 28 h for 500k steps (XLA's
            compiled 1.09 PFLOP: 26 h; the README table has the compiled numbers).
 Expected:  G 70,433,988 and D 87,982,370 parameters, the reference TF implementation's counts
-           (checked by tests/test_configs.py). Generation: IS 166.5 / FID 7.4 is the paper's
-           128 px headline (SPEC section 8), measured with the truncation trick, which this
+           (checked by tests/test_configs.py). Generation: IS 166.5 / FID 7.4 is the BigGAN
+           paper's 128 px headline, measured with the truncation trick, which this
            codebase does not sample with; without truncation BigGAN's Table 1 gives FID about
            8.7 and IS about 99 for this configuration (batch 2048, ch 96, shared embedding,
-           hierarchical z) [not in SPEC: check against the paper].
+           hierarchical z) [to check against the BigGAN paper].
 Paper:     BigGAN (Brock et al., 2018), 128 x 128 ImageNet.
 Departs:   G's output is tanh in [-1, 1] (compare_gan: [0, 1]); conditional BN starts as plain BN.
 """

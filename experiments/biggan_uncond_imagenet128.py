@@ -6,7 +6,7 @@ Hardware:  a TPU v5p-64 slice (32 chips) or 32+ H100s; global batch 2048.
 Time:      analytic 569 GFLOP per image (forward: G 43.0, D 22.1) -> 1.17 PFLOP per step
            -> 0.20 s on 32 v5p chips at 40% of 459 TFLOP/s -> 28 h for 500k steps (XLA's
            compiled 1.09 PFLOP: 26 h; the README table has the compiled numbers).
-Expected:  the "No E (GAN)" row of Table 1 (IS, FID); SPEC §8 quotes FID 23.2 for
+Expected:  the "No E (GAN)" row of Table 1 (IS, FID); the BigBiGAN paper quotes FID 23.2 for
            "BigGAN + clustering" as the paper's unconditional comparison point [likely].
 Paper:     Table 1 "No E (GAN)" (the same config as experiments/table1.py:no_e).
 [open]:    as experiments/bigbigan_imagenet128.py (BigGAN's learning rates and 2 D steps).

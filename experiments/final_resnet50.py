@@ -10,7 +10,7 @@ Time:      analytic 628 GFLOP per image (forward: G 43.0, D 22.4, ResNet-50 E at
            1M steps (XLA's compiled 1.18 PFLOP: 56 h; the README table has the compiled numbers).
 Expected:  linear probe on ImageNet validation: top-1/top-5 55.4/77.4 (avepool_feat) and
            56.6/78.6 (bn_crelu_feat); unconditional FID about 22.3 at 500k and 20.3 at 1M steps
-           [likely] (SPEC §8).
+           [likely] (the BigBiGAN paper's Table 2).
 Paper:     Table 2 (BigBiGAN ResNet-50) and the "High Res E (256)" generation results.
 [open]:    as experiments/bigbigan_imagenet128.py; E LR x10 [likely]; 1M steps [likely].
 """

@@ -9,7 +9,7 @@ Time:      analytic 782 GFLOP per image (RevNet-50 x4 E at 256 px 41.6 forward) 
            per step -> 0.14 s on 64 v5p chips at 40% of 459 TFLOP/s -> 38 h for 1M steps
            (XLA's compiled 1.42 PFLOP: 33 h; the README table has the compiled numbers).
 Expected:  linear probe on ImageNet validation: top-1/top-5 60.8/81.4 (avepool_feat) and
-           61.3/81.9 (bn_crelu_feat) (SPEC §8).
+           61.3/81.9 (bn_crelu_feat) (the BigBiGAN paper's Table 2).
 Paper:     Table 2 (BigBiGAN RevNet-50 x4), the paper's headline result.
 [open]:    as experiments/final_resnet50.py. The RevNet is trained with ordinary backprop
            (activations stored), not with reversible recomputation: same maths, more memory.

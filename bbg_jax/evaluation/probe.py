@@ -1,10 +1,10 @@
 """Linear evaluation of the encoder: a softmax classifier on frozen features.
 
-Protocol (SPEC §7, the paper's): E is frozen and run in evaluation mode (running BN statistics);
-its ``avepool_feat`` and ``bn_crelu_feat`` are extracted once per checkpoint, without
-augmentation, and kept in memory (optionally cached as .npz). A linear softmax classifier is
-trained with optax Adam on the training split (train minus train_val) for every L2 strength of
-a grid at once (vmapped); the strength with the best train_val top-1 is chosen, and that
+Protocol (BigBiGAN's linear evaluation, Donahue & Simonyan 2019): E is frozen and run in
+evaluation mode (running BN statistics); its ``avepool_feat`` and ``bn_crelu_feat`` are
+extracted once per checkpoint, without augmentation, and kept in memory (optionally cached as
+.npz). A linear softmax classifier is trained with optax Adam on the training split (train
+minus train_val) for every L2 strength of a grid at once (vmapped); the strength with the best train_val top-1 is chosen, and that
 classifier's top-1/top-5 are reported on train_val and on the held-out evaluation split.
 The classifier is not retrained on train + train_val.
 """
@@ -32,7 +32,7 @@ FEATURE_NAMES = {"avepool_feat": "avepool", "bn_crelu_feat": "bn_crelu"}
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSettings:
-    """How the classifier is trained. The paper leaves optimiser and epochs open (SPEC §7)."""
+    """How the classifier is trained. The paper leaves optimiser and epochs open."""
 
     epochs: int = 30
     batch_size: int = 256
