@@ -4,9 +4,9 @@ Protocol (BigBiGAN's linear evaluation, Donahue & Simonyan 2019): E is frozen an
 evaluation mode (running BN statistics); its ``avepool_feat`` and ``bn_crelu_feat`` are
 extracted once per checkpoint, without augmentation, and kept in memory (optionally cached as
 .npz). A linear softmax classifier is trained with optax Adam on the training split (train
-minus train_val) for every L2 strength of a grid at once (vmapped); the strength with the best train_val top-1 is chosen, and that
-classifier's top-1/top-5 are reported on train_val and on the held-out evaluation split.
-The classifier is not retrained on train + train_val.
+minus train_val) for every L2 strength of a grid at once (vmapped); the strength with the best
+train_val top-1 is chosen, and that classifier's top-1/top-5 are reported on train_val and on
+the held-out evaluation split. The classifier is not retrained on train + train_val.
 """
 
 from __future__ import annotations
