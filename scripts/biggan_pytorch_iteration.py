@@ -20,7 +20,7 @@ import time
 
 SETTINGS = {"batch": 50, "num_D_steps": 1, "G_ch": 64, "D_ch": 64, "dim_z": 128,
             "resolution": 32, "n_classes": 10, "steps": 5, "threads": os.cpu_count(),
-            "ema": 1}
+            "interop_threads": 1, "channels_last": 0, "ema": 1}
 
 
 def _placeholder(module: str, attr: str):
@@ -89,6 +89,7 @@ def main(argv):
     import torch
 
     torch.set_num_threads(s["threads"])
+    torch.set_num_interop_threads(s["interop_threads"])  # before any parallel work
     torch.manual_seed(0)
     placeholder = _allow_missing_torchvision()
     import BigGAN
@@ -101,6 +102,8 @@ def main(argv):
                          adam_eps=1e-8, BN_eps=1e-5, SN_eps=1e-8, **common)
     D = BigGAN.Discriminator(D_ch=s["D_ch"], D_attn="0", D_lr=2e-4, D_B1=0.0, D_B2=0.999,
                              adam_eps=1e-8, SN_eps=1e-8, **common)
+    if s["channels_last"]:  # NHWC convolutions, as XLA's on CPU
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     GD = BigGAN.G_D(G, D)
     ema = None
     if s["ema"]:
@@ -116,6 +119,8 @@ def main(argv):
     train = train_fns.GAN_training_function(G, D, GD, z_, y_, ema, state_dict, config)
     n_real = s["batch"] * s["num_D_steps"]
     x = torch.randn(n_real, 3, s["resolution"], s["resolution"])
+    if s["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, s["n_classes"], (n_real,))
     G.train()
     D.train()
@@ -129,7 +134,9 @@ def main(argv):
     median = statistics.median(times)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     print(json.dumps({"who": "BigGAN-PyTorch", "torch": torch.__version__,
-                      "threads": s["threads"], "torchvision_placeholder": placeholder,
+                      "threads": s["threads"], "interop_threads": s["interop_threads"],
+                      "channels_last": s["channels_last"],
+                      "torchvision_placeholder": placeholder,
                       **{k: s[k] for k in ("batch", "num_D_steps")},
                       "G_params": count(G), "D_params": count(D),
                       "median_s": median, "min_s": min(times), "max_s": max(times),

@@ -435,28 +435,55 @@ def test_restart_benchmark_times_first_start_and_resume():
 
 
 def test_vs_biggan_pytorch_dry_run_prints_the_protocol(tmp_path):
-    """Without torch and the peer checkout (neither is on this machine): the protocol, the
-    commands each round would run, and what the torch Python and the peer lack."""
+    """Without torch and the peer checkout (neither is on this machine): the protocol, the host,
+    the command of every row (pinned, in a clean environment) and what the torch Python and
+    the peer lack."""
     peer = tmp_path / "BigGAN-PyTorch"
     peer.mkdir()
     (peer / "BigGAN.py").write_text("")
     out = run([PY, "scripts/vs_biggan_pytorch.py", f"--peer={peer}", f"--torch_python={PY}",
-               "--rounds=2", "--steps=3", "--dry_run"]).stdout
+               "--rounds=6", "--steps=3", "--threads=2", "--devices=2", "--dry_run"]).stdout
     lines = out.splitlines()
-    assert lines[0].startswith("protocol: 2 rounds") and "3 timed iterations" in lines[0]
-    assert lines[1] == (f"peer:    {PY} {ROOT}/scripts/biggan_pytorch_iteration.py {peer} "
-                        f"steps=3 num_D_steps=1 threads={os.cpu_count()}")
-    bbg = [line for line in lines if line.startswith("bbg-jax: ")]
-    assert len(bbg) == 2 and all("-m bbg_jax.benchmark --config=experiments/biggan_cifar.py"
-                                 in line for line in bbg)
-    assert bbg[1].endswith("--steps=3 --dtype=bfloat16)")
+    assert lines[0].startswith("protocol: 6 rounds in ABBA order") and "3 timed" in lines[0]
+    rows = lines[1:8]
+    assert [r.split(": (cd")[0] for r in rows] == [
+        "BigGAN-PyTorch", "BigGAN-PyTorch channels_last",
+        "bbg-jax as shipped (Winograd where it pays)",
+        "bbg-jax conv_weight_grad=einsum (no Winograd)", "bbg-jax on 1 device",
+        "BigGAN-PyTorch, 4 D steps", "bbg-jax as shipped, 4 D steps"]
+    for row in rows:  # the same pinning and thread counts on both sides, nothing inherited
+        assert "env -i" in row and "OMP_NUM_THREADS=2 MKL_NUM_THREADS=2" in row
+        assert shutil.which("taskset") is None or "taskset -c 0-1" in row
+    assert (f"biggan_pytorch_iteration.py {peer} steps=3 num_D_steps=1 threads=2 "
+            "interop_threads=1 channels_last=1" in rows[1])
+    assert "--config.train.conv_weight_grad=einsum" in rows[3]
+    assert "--xla_force_host_platform_device_count=1" in rows[4]
+    assert "--config.train.n_d_steps=4" in rows[6] and "num_D_steps=4" in rows[5]
+    host = json.loads(lines[8])["host"]
+    assert host["cores"] == os.cpu_count() and host["peer_commit"] == "not a git checkout"
+    assert len(host["bbg_jax_commit"]) == 40 and "cpu" in host and "isa" in host
     peer_env = json.loads(lines[-2])
     assert peer_env["who"] == "BigGAN-PyTorch" and peer_env["dry_run"] is True
     assert peer_env["steps"] == 3 and peer_env["batch"] == 50
+    assert peer_env["interop_threads"] == 1 and peer_env["threads"] == 2
     assert peer_env["peer_missing"] == ["train_fns.py", "utils.py", "layers.py"]
     has_torch = importlib.util.find_spec("torch") is not None
     assert peer_env["torch_importable"] is has_torch
     assert lines[-1].startswith("not ready: ") and "lacks train_fns.py" in lines[-1]
+
+
+def test_vs_biggan_pytorch_pairs_ratios_within_clean_rounds():
+    """The paired ratio: each row over the same round's peer row with its D steps; a round with
+    one noisy measurement is left out whole."""
+    vs = load_script("vs_biggan_pytorch")
+    rows = []
+    for k, (peer, jax_row, noisy) in enumerate([(10, 15, False), (10, 12, False), (5, 50, True)]):
+        rows += [{"round": k, "row": "BigGAN-PyTorch", "d_steps": 1, "images_per_s": peer,
+                  "noisy": False},
+                 {"round": k, "row": "bbg-jax as shipped", "d_steps": 1,
+                  "images_per_s": jax_row, "noisy": noisy}]
+    assert vs.paired_ratios(rows) == {"BigGAN-PyTorch": [1.0, 1.0],
+                                      "bbg-jax as shipped": [1.5, 1.2]}
 
 
 def test_biggan_pytorch_iteration_dry_run_and_bad_settings(tmp_path):
