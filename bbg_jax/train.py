@@ -181,9 +181,14 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         return D.apply(d_vars, x_fake, label, train=False, mutable=False)
 
     # D's update runs G and E in training mode (batch statistics, as in their own update) but
-    # keeps their stored state, which only their own update writes.
-    G_keeps_state = G.clone(update_state=False)
-    E_keeps_state = E.clone(update_state=False) if E is not None else None
+    # keeps their stored state, which only their own update writes. (A module of one's own
+    # without the field keeps no state to protect.)
+    def keeps_state(module):
+        if module is None or not hasattr(module, "update_state"):
+            return module
+        return module.clone(update_state=False)
+
+    G_keeps_state, E_keeps_state = keeps_state(G), keeps_state(E)
 
     def generate(state, g_params, noise, mutable):
         g = G if mutable else G_keeps_state
