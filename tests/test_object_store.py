@@ -51,11 +51,15 @@ def _main(workdir, *flags, env, cwd, compilation_cache, faults=(), wait=True):
 
 
 def _fresh():
-    """Drops this process's cached bucket listings (gcsfs keeps them): other processes wrote."""
-    import fsspec
+    """Drops this process's cached bucket listings (gcsfs keeps them): other processes wrote.
 
-    for kwargs in ({}, {"finalize_on_close": True}):
-        fsspec.filesystem("gs", **kwargs).invalidate_cache()
+    fsspec keeps one instance per thread and keyword set, and epath holds the one it made first
+    (possibly on one of orbax's threads), so every instance is invalidated, not this thread's."""
+    import gcsfs
+
+    for fs in list(gcsfs.GCSFileSystem._cache.values()):
+        fs.invalidate_cache()
+    epath.backend.fsspec_backend.fs("gs://any").invalidate_cache()
 
 
 def _state(workdir, step):
