@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from bbg_jax import flops, sharding
+from bbg_jax import chips, flops, sharding
 from bbg_jax.data.batches import step_batches
 from bbg_jax.models import build_models, init_variables
 from bbg_jax.train import jit_train_step, make_step_functions
@@ -49,20 +49,6 @@ def _define_flags() -> None:
     _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override model.dtype.")
 
 
-# Dense (no sparsity) peak FLOP/s per chip: (bf16, tf32, fp32). bf16 and tf32 are the tensor
-# cores' rates, fp32 the non-tensor-core rate (NVIDIA's datasheets: H100 SXM and H200 989 / 494 /
-# 67 TFLOP/s, H100 PCIe 756 / 378 / 51, A100 312 / 156 / 19.5). TPUs: bf16 only (None: unknown).
-# More specific names first: the first name found in the device kind wins.
-PEAKS = {
-    "H100 PCIe": (756e12, 378e12, 51e12),
-    "H100": (989e12, 494e12, 67e12),
-    "H200": (989e12, 494e12, 67e12),
-    "A100": (312e12, 156e12, 19.5e12),
-    "TPU v4": (275e12, None, None),
-    "TPU v5 lite": (197e12, None, None),
-    "TPU v5p": (459e12, None, None),
-}
-
 # jax_default_matmul_precision values under which XLA keeps float32 matmuls and convolutions
 # in float32 on a GPU; every other value (None, the default, included) lets it use TF32 tensor
 # cores ("default"/"bfloat16"/"fastest" and "high"/"tensorfloat32" both do on Ampere and later).
@@ -83,15 +69,14 @@ def peak_info(device: jax.Device, dtype: str) -> tuple[float | None, str | None]
     """(peak FLOP/s per device, which peak): "bf16"; for float32 "tf32" where XLA runs float32
     matmuls as TF32 (``fp32_matmuls_run_as_tf32``) and the chip has TF32 tensor cores, else
     "fp32"; (None, None) on CPUs and unknown chips."""
-    kind = device.device_kind.lower()
-    for name, (bf16, tf32, fp32) in PEAKS.items():
-        if name.lower() in kind:
-            if dtype == "bfloat16":
-                return bf16, "bf16"
-            if tf32 is not None and fp32_matmuls_run_as_tf32(device):
-                return tf32, "tf32"
-            return fp32, "fp32"
-    return None, None  # CPU and unknown chips: no peak to compare against
+    chip = chips.from_device_kind(device.device_kind)
+    if chip is None:
+        return None, None  # CPU and unknown chips: no peak to compare against
+    if dtype == "bfloat16":
+        return chip.bf16_flops, "bf16"
+    if chip.tf32_flops is not None and fp32_matmuls_run_as_tf32(device):
+        return chip.tf32_flops, "tf32"
+    return chip.fp32_flops, "fp32"
 
 
 def platform_peak(device: jax.Device, dtype: str) -> float | None:

@@ -35,20 +35,9 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-# Chip facts: (HBM bytes per chip, dense bf16 peak FLOP/s per chip). Public datasheet numbers
-# for the chips the paper-scale configs target: v4, v5p and H100. v5p/v4 topologies count
-# chips (megacore: one device per chip).
-GIB = 1024**3
-CHIPS = {
-    "v3": (32 * GIB, 123e12),
-    "v4": (32 * GIB, 275e12),
-    "v5e": (16 * GIB, 197e12),
-    "v5p": (95 * GIB, 459e12),
-    "v6e": (32 * GIB, 918e12),
-    "h100": (80 * GIB, 989e12),
-    "h200": (141 * GIB, 989e12),
-    "a100": (80 * GIB, 312e12),
-}
+from bbg_jax import chips
+
+GIB = chips.GIB
 DEFAULT_UTILISATION = 0.4  # assumed model-FLOPs utilisation for the "expected" time
 
 
@@ -172,8 +161,8 @@ def _define_flags(fv: flags.FlagValues, argv: Sequence[str]) -> None:
                         flag_values=fv)
     flags.DEFINE_integer("devices", None, "N simulated CPU devices (XLA_FLAGS).", lower_bound=1,
                          flag_values=fv)
-    flags.DEFINE_enum("chip", None, sorted(CHIPS), "Chip for HBM and peak (default: from "
-                      "--topology; required with --devices).", flag_values=fv)
+    flags.DEFINE_enum("chip", None, sorted(chips.BY_NAME), "Chip for HBM and peak (default: "
+                      "from --topology; required with --devices).", flag_values=fv)
     flags.DEFINE_float("utilisation", DEFAULT_UTILISATION,
                        "Model-FLOPs utilisation for the expected step time.", flag_values=fv)
     flags.DEFINE_float("hbm-gib", None, "Override the chip's HBM (GiB per chip).",
@@ -210,9 +199,9 @@ def parse(argv: Sequence[str], fv: flags.FlagValues | None = None) -> Args:
         raise app.UsageError("--devices needs --chip (whose HBM and peak the CPU compile is "
                              "judged against)")
     chip = chip or topology.split(":")[0]
-    if chip not in CHIPS:
+    if chip not in chips.BY_NAME:
         raise app.UsageError(f"unknown chip {chip!r} (from --topology={topology}); known: "
-                             f"{sorted(CHIPS)}")
+                             f"{sorted(chips.BY_NAME)}")
     config = fv["config"].value
     # The check models an accelerator: simulated CPU devices stand in for GPUs, so compile
     # XLA's convolution gradients (what "auto" picks there), not the CPU-only einsum path --
@@ -275,7 +264,7 @@ def check(args: Args) -> Report:
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     # The SPMD-partitioned module is one device's program: its FLOPs are per device.
     flops_device = float(cost.get("flops", 0.0))
-    hbm, peak = CHIPS[args.chip]
+    hbm, peak = chips.BY_NAME[args.chip].hbm_bytes, chips.BY_NAME[args.chip].bf16_flops
     hbm = int(args.hbm_gib * GIB) if args.hbm_gib else hbm
     # Donated arguments alias outputs, so only outputs beyond the aliases take new memory.
     total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
@@ -312,7 +301,8 @@ def format_report(r: Report) -> str:
         f"(XLA cost analysis x {r.num_devices} devices), analytic "
         f"{r.analytic_flops_step / 1e15:.3f} PFLOP (ratio "
         f"{r.compiled_flops_step / max(r.analytic_flops_step, 1):.2f})",
-        f"step time:    {r.step_s_at_peak:.3f} s at 100% of {CHIPS[r.chip][1] / 1e12:.0f} "
+        f"step time:    {r.step_s_at_peak:.3f} s at 100% of "
+        f"{chips.BY_NAME[r.chip].bf16_flops / 1e12:.0f} "
         f"TFLOP/s per chip, {r.step_s_at_utilisation:.3f} s at {r.utilisation:.0%}; "
         f"{r.num_steps} steps = {r.hours_at_utilisation:.1f} h at {r.utilisation:.0%}",
         "README row:",

@@ -61,12 +61,6 @@ def sample_prior(key: jax.Array, shape: tuple[int, int], prior: str) -> jax.Arra
     raise ValueError(f"train.prior={prior!r}; choose one of {PRIORS}.")
 
 
-def l2_norm(tree: PyTree) -> jax.Array:
-    """Global L2 norm of a pytree (optax renamed its helper across versions; this is stable)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                        for x in jax.tree.leaves(tree)))
-
-
 def _interleave(a: jax.Array, b: jax.Array) -> jax.Array:
     """[a0, b0, a1, b1, ...]: one batch for D that keeps each device's rows on that device.
 
@@ -223,7 +217,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             opt_state={**state.opt_state, "D": opt},
             model_state={**state.model_state, "D": {**state.model_state["D"], **new_d_state}},
         )
-        return state, {**losses, "grad_norm_D": l2_norm(grads)}
+        return state, {**losses, "grad_norm_D": optax.tree_utils.tree_norm(grads)}
 
     @conv_context
     def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
@@ -271,7 +265,7 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
             updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
             params[k] = optax.apply_updates(state.params[k], updates)
             model_state[k] = {**state.model_state[k], **new_states[k]}
-            metrics[f"grad_norm_{k}"] = l2_norm(grads[k])
+            metrics[f"grad_norm_{k}"] = optax.tree_utils.tree_norm(grads[k])
         state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
         if state.probe:
             state, probe_metrics = probe_update(state, jax.lax.stop_gradient(feat),

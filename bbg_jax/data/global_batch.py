@@ -1,18 +1,12 @@
-"""Per-process batch sizes, and per-process numpy batches to global arrays (no TensorFlow).
+"""Per-process batch sizes (no TensorFlow): every process reads its own rows of a global batch.
 
-Every process feeds its own rows; the global array has the batch dimension sharded over the
-mesh's ``data`` axis (``bbg_jax.sharding``), which is what a jitted step over that mesh expects.
+``bbg_jax.sharding.global_batch_from_local`` makes those rows one global array, the batch
+dimension sharded over the mesh's ``data`` axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-
 import jax
-import numpy as np
-from jax.sharding import Mesh
-
-from bbg_jax.sharding import global_batch_from_local
 
 
 def per_process_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
@@ -23,15 +17,3 @@ def per_process_batch_size(global_batch_size: int, process_count: int | None = N
                          f"{process_count} processes: make the batch a multiple of "
                          f"{process_count}.")
     return global_batch_size // process_count
-
-
-def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, batch_axis: int = 0
-              ) -> dict[str, jax.Array]:
-    """This process's rows of a batch -> the global arrays (a collective-free, local copy)."""
-    return dict(global_batch_from_local(dict(batch), mesh, batch_axis))
-
-
-def global_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, batch_axis: int = 0
-                   ) -> Iterator[dict[str, jax.Array]]:
-    for batch in batches:
-        yield to_global(batch, mesh, batch_axis)

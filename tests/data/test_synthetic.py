@@ -7,7 +7,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from bbg_jax.data import config, global_batch, synthetic
+from bbg_jax.data import config, synthetic
+from bbg_jax.sharding import global_batch_from_local
 
 
 def test_synthetic_does_not_import_tensorflow():
@@ -34,7 +35,7 @@ def test_global_batch_on_mesh():
     mesh = Mesh(np.array(jax.devices()), ("data",))
     c = config.data_config("fashion_mnist", batch_size=4 * len(jax.devices()))
     local = next(synthetic.synthetic_batches(c, distinct_batches=1))
-    arrays = global_batch.to_global(local, mesh)
+    arrays = global_batch_from_local(dict(local), mesh)
     assert arrays["image_e"].shape == local["image_e"].shape  # one process: global == local
     assert arrays["image_e"].sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(arrays["label"]), local["label"])
