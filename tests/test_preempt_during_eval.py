@@ -130,3 +130,21 @@ def test_processes_agree_to_stop_an_evaluation_and_keep_the_training_counter(mon
     assert not interrupt.preempted_during(3)
     assert interrupt.preempted_during(3)
     assert calls == [4, 3, 4, 3]  # asks about step + 1, then reports step 3 again
+
+
+def test_several_processes_ask_the_sync_point_every_16th_batch(monkeypatch):
+    """The allgather behind the sync point runs at every 16th batch, on every process alike."""
+    from bbg_jax import loop
+    from bbg_jax.evaluation import interrupt
+
+    asked = []
+    monkeypatch.setattr(interrupt, "preempted_during", lambda step: asked.append(step) or
+                        len(asked) == 2)
+    preemption = loop._Preemption()
+    preemption._multi = True
+    answers = [preemption.stop_evaluation(7) for _ in range(40)]
+    assert asked == [7, 7]
+    assert [i + 1 for i, stop in enumerate(answers) if stop] == [32]
+    assert preemption.requested  # training stops after the interrupted evaluation
+    preemption._multi = False
+    preemption.restore()  # puts pytest's SIGTERM handler back
