@@ -5,8 +5,8 @@ the training loop cannot wait for it to finish after a SIGTERM. While an evaluat
 training, the loop installs a check (``stop_when``); every evaluation computation calls
 ``check`` before each batch (``sharded.ShardedFn`` and the probe's training epochs, the loops
 that every evaluator's time is spent in), which raises ``EvaluationInterrupted`` once the check
-says stop. The check is collective where the run has several processes (the loop's agrees
-across them), so every process stops before the same batch. Outside an installed check (a
+says stop. Where the run has several processes the loop's check agrees across them (a
+collective at every 16th call), so every process stops before the same batch. Outside an installed check (a
 standalone ``--mode=eval``) nothing changes.
 """
 
