@@ -7,6 +7,8 @@
   encoder pairs (G(z'), E(G(z'))) match the generator pairs (G(z), z) exactly when E = G⁻¹:
   a BiGAN whose optimum is known, with the project's own step (``train.make_step_functions``:
   D updates, then the E update; G's update is undone after every step).
+  With ``--config.train.init_from=WORKDIR`` G, E and D start from that run's latest
+  checkpoint (G frozen there): does E move towards the inverse of a trained G?
 * ``full``: the whole game on Fashion-MNIST training images (Debian's IDX files, padded to
   32 px in [-1, 1] as the pipeline pads them; no TensorFlow).
 
@@ -26,10 +28,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from bbg_jax import checkpoint
 from bbg_jax.evaluation.diagnostics import latent_recovery
 from bbg_jax.models import build_models
 from bbg_jax.train import make_step_functions
-from bbg_jax.train_state import create_train_state
+from bbg_jax.train_state import create_train_state, make_optimizers
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/fashion_mnist.py",
                                           "Experiment config file.")
@@ -53,6 +56,13 @@ def main(argv) -> None:
     z_dim, n_d, batch = config.model.z_dim, config.train.n_d_steps, config.data.batch_size
     fns = make_step_functions(config)
     state = create_train_state(config, jax.random.key(_SEED.value))
+    if config.train.init_from:
+        # A trained run's G, E and D (fresh optimiser state): does E keep moving towards G⁻¹
+        # once G stops moving?
+        loaded = checkpoint.load_parameters(config.train.init_from, jax.eval_shape(lambda: state))
+        txs = make_optimizers(config, sorted(loaded.params))
+        state = state.replace(params=loaded.params, model_state=loaded.model_state,
+                              opt_state={k: txs[k].init(v) for k, v in loaded.params.items()})
     g_init = state.params["G"]
     models = build_models(config)
     G, E = models["G"], models["E"]

@@ -16,17 +16,8 @@ import ast
 import functools
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "bbg_jax"
-
-# Known cycles, each closed by an import deferred into a function, in modules being reworked
-# elsewhere; test_no_import_cycles_at_all keeps them in view until they are gone (issue 30).
-KNOWN_CYCLES = [
-    frozenset({"bbg_jax.evaluation.diagnostics", "bbg_jax.evaluation.evaluators"}),
-    frozenset({"bbg_jax.evaluation.standalone", "bbg_jax.loop"}),
-]
 
 
 @functools.cache
@@ -162,16 +153,6 @@ def test_no_module_level_import_cycles():
     assert not cycles, "import cycles: " + " | ".join(_describe(graph, c) for c in cycles)
 
 
-def test_no_import_cycles_but_the_known_ones():
-    graph = import_graph(deferred=True)
-    cycles = strongly_connected(graph)
-    new = [c for c in cycles if c not in KNOWN_CYCLES]
-    assert not new, "import cycles: " + " | ".join(_describe(graph, c) for c in new)
-
-
-@pytest.mark.xfail(strict=True, reason="known cycles, in modules being reworked: "
-                   "evaluation/diagnostics <-> evaluation/evaluators and "
-                   "evaluation/standalone <-> loop (issue 30)")
 def test_no_import_cycles_at_all():
     graph = import_graph(deferred=True)
     cycles = strongly_connected(graph)

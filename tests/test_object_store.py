@@ -205,7 +205,8 @@ def test_eval_mode_and_report_on_the_bucket(trained, gcs_emulator, tmp_path):
 @pytest.mark.parametrize("module", [
     "loop.py", "checkpoint.py", "evaluation/standalone.py", "evaluation/evaluators.py",
     "evaluation/report.py", "evaluation/probe.py", "evaluation/metrics.py",
-    "evaluation/png.py", "evaluation/diagnostics.py"])
+    "evaluation/png.py", "evaluation/diagnostics.py", "evaluation/probe_files.py",
+    "compilation_cache.py"])
 def test_workdir_code_uses_the_path_layer_only(module):
     """pathlib, os.path, open, glob and shutil know no buckets: bbg_jax.paths (epath) only."""
     source = (ROOT / "bbg_jax" / module).read_text()

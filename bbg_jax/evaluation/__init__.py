@@ -12,6 +12,8 @@ weights load only when used):
   sharded              run a function over every device's rows of an evaluation batch
   interrupt            a SIGTERM honoured between the batches of an evaluation inside training
   config               the ``eval`` config section: shared fields and one section per evaluator
+  settings             a run config's ``eval`` section and the probe settings read from it
+  probe_files          where a step's trained-encoder features and classifier are kept
   evaluators           ``run(state) -> (metrics, images)`` evaluators and their ``REGISTRY``
   standalone           evaluate a checkpoint, write report.json and PNGs, track the best probe
   report               the run report: baselines, probes, FID first/last, reconstructions

@@ -34,6 +34,9 @@ import numpy as np
 
 from bbg_jax import paths
 from bbg_jax.evaluation import generation, probe
+from bbg_jax.evaluation.config import pixels_max_train
+from bbg_jax.evaluation.probe_files import trained_classifier_path, trained_features_path
+from bbg_jax.evaluation.settings import eval_section, probe_settings
 from bbg_jax.evaluation.sharded import ShardedFn, one_answer, replicate
 from bbg_jax.models import build_models
 from bbg_jax.models.generator import BIGGAN_G_CHANNELS
@@ -132,10 +135,8 @@ class Diagnostics:
     name = "diagnostics"
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | None, batches):
-        from bbg_jax.evaluation import evaluators as evaluators_lib
-
         self.config, self.workdir, self.batches = config, workdir, batches
-        self.ev = ev = evaluators_lib.eval_section(config)
+        self.ev = ev = eval_section(config)
         dg = ev.diagnostics
         models = build_models(config)
         self.G, self.E, self.D = models["G"], models["E"], models["D"]
@@ -182,20 +183,16 @@ class Diagnostics:
     # -- judges ---------------------------------------------------------------------------------
 
     def _fit(self, features: dict[str, dict[str, np.ndarray]], key: str) -> probe.ProbeResult:
-        from bbg_jax.evaluation import evaluators as evaluators_lib
-
         train, val = features["train"], features["trainval"]
         num_classes = int(max(train["label"].max(), val["label"].max())) + 1
         return probe.train_probe(train[key], train["label"], val[key], val["label"],
-                                 num_classes, evaluators_lib.probe_settings(self.ev))
+                                 num_classes, probe_settings(self.ev))
 
     def pixel_judge(self) -> probe.ProbeResult:
         """The raw-pixel classifier: fitted on the first ``eval.pixels_max_train`` training
         examples (``config.pixels_max_train``: at most probe.max_train) and train_val, cached in
         WORKDIR/features/pixel_judge.npz with that bound (a cache of another bound is refitted).
         """
-        from bbg_jax.evaluation.config import pixels_max_train
-
         if self._pixel_judge is None:
             limits = {"train": pixels_max_train(self.ev), "trainval": None}
             bound = np.asarray(-1 if limits["train"] is None else limits["train"])
@@ -219,11 +216,8 @@ class Diagnostics:
         """The BigBiGAN probe of the evaluated E: the classifier the probe evaluator fitted for
         this step when it ran first with raw weights, else fitted here (on the features it
         kept, else extracted here)."""
-        from bbg_jax.evaluation import evaluators as evaluators_lib
-
         if self.workdir is not None:
-            path = evaluators_lib.trained_classifier_path(self.workdir, step, "raw",
-                                                          PROBE_JUDGE_FEATURE)
+            path = trained_classifier_path(self.workdir, step, "raw", PROBE_JUDGE_FEATURE)
             if one_answer(path.exists()):
                 return probe.result_from_arrays(paths.load_npz(path))
         feats = {}
@@ -231,7 +225,7 @@ class Diagnostics:
             def compute(split=split, limit=limit):
                 return self.extract(e_variables, self.batches(split, limit))
             path = (None if self.workdir is None else
-                    evaluators_lib.trained_features_path(self.workdir, step, "raw", split, limit))
+                    trained_features_path(self.workdir, step, "raw", split, limit))
             if path is not None and not one_answer(path.exists()):
                 path = None  # do not leave a second copy behind
             feats[split] = probe.cached(path, compute)

@@ -21,7 +21,8 @@ import numpy as np
 
 from bbg_jax import paths
 from bbg_jax.evaluation import diagnostics, generation, metrics, probe, sheets
-from bbg_jax.evaluation.config import eval_config
+from bbg_jax.evaluation.probe_files import trained_classifier_path, trained_features_path
+from bbg_jax.evaluation.settings import eval_section, probe_settings
 from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
 
@@ -37,10 +38,6 @@ class Evaluator(Protocol):
     name: str
 
     def run(self, state) -> tuple[Metrics, Images]: ...
-
-
-def eval_section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    return config.eval if "eval" in config else eval_config()
 
 
 def split_name(config: ml_collections.ConfigDict, which: str) -> str:
@@ -211,23 +208,6 @@ class FIDEvaluator:
         return out, {}
 
 
-def trained_features_path(workdir: str, step: int, params: str, which: str,
-                          limit: int | None = None) -> paths.epath.Path:
-    """Where the trained encoder's probe features of one split at one step are kept, so the
-    run report (``bbg_jax.evaluation.report``) reuses the last evaluation's extraction. The
-    name holds everything that selects them: step, raw or EMA weights, split, example limit."""
-    first = "" if limit is None else f"_first{limit}"
-    return paths.path(workdir) / "features" / f"trained_step{step}_{params}_{which}{first}.npz"
-
-
-def trained_classifier_path(workdir: str, step: int, params: str, feature: str
-                            ) -> paths.epath.Path:
-    """Where the probe evaluator keeps the classifier it fitted on one feature at one step, so
-    the diagnostics' probe judge (the same fit on the same features) is not fitted twice."""
-    name = f"trained_step{step}_{params}_classifier_{feature}.npz"
-    return paths.path(workdir) / "features" / name
-
-
 class ProbeEvaluator:
     """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval).
 
@@ -283,12 +263,6 @@ class ProbeEvaluator:
                                probe.result_arrays(fitted[feature]))
             self._drop_older_features(step)
         return metrics, {}
-
-
-def probe_settings(ev: ml_collections.ConfigDict) -> probe.ProbeSettings:
-    pr = ev.probe
-    return probe.ProbeSettings(pr.epochs, pr.batch_size, pr.learning_rate, tuple(pr.l2_grid),
-                               ev.seed)
 
 
 # name -> builder(config, workdir, batches) -> Evaluator, or None where the model has no use for

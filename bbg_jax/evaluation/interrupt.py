@@ -6,8 +6,8 @@ training, the loop installs a check (``stop_when``); every evaluation computatio
 ``check`` before each batch (``sharded.ShardedFn`` and the probe's training epochs, the loops
 that every evaluator's time is spent in), which raises ``EvaluationInterrupted`` once the check
 says stop. Where the run has several processes the loop's check agrees across them (a
-collective at every 16th call), so every process stops before the same batch. Outside an installed check (a
-standalone ``--mode=eval``) nothing changes.
+collective at every 16th call), so every process stops before the same batch. Outside an
+installed check (a standalone ``--mode=eval``) nothing changes.
 """
 
 from __future__ import annotations

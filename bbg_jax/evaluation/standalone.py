@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from bbg_jax import checkpoint, paths, sharding
+from bbg_jax.compilation_cache import use_compilation_cache
 from bbg_jax.evaluation import evaluators as evaluators_lib
 from bbg_jax.evaluation.png import encode_png
 from bbg_jax.train_state import create_train_state
@@ -105,8 +106,6 @@ def record_best_probe(workdir: str, step: int, metrics: dict, keep_checkpoint: b
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict | None, workdir: str,
                         step: int | None = None, batches=None) -> dict:
-    from bbg_jax.loop import use_compilation_cache
-
     config = config or saved_config(workdir)
     use_compilation_cache(config, workdir)
     state = restore(config, workdir, step)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from bbg_jax.models import layers
-from bbg_jax.models.encoder import VALID_TRUNKS, Encoder, ReversibleUnit
+from bbg_jax.models.encoder import VALID_TRUNKS, Encoder
+from bbg_jax.models.revnet import ReversibleUnit
 
 KEYS = {"avepool_feat", "bn_crelu_feat", "z_mean", "z_stdev", "z_sample"}
 Z_DIM = 8

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bbg_jax.models.encoder import Encoder, ReversibleStage, reversible_backprop
+from bbg_jax.models.encoder import Encoder
+from bbg_jax.models.revnet import ReversibleStage, reversible_backprop
 
 X = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
 NOISE = jnp.ones((4, 8))
