@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the machine (scripts/setup.sh: Debian data package, .venv with the package and its test
-# extra), lints, then runs pytest. Extra arguments go to pytest:
+# extra), lints, then runs pytest on two workers. Extra arguments go to pytest:
 #   bash scripts/test.sh                 # default suite (excludes tests marked slow)
 #   bash scripts/test.sh -m slow         # the slow tests only
 #   bash scripts/test.sh -m 'slow or not slow'   # everything
@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${VENV:-.venv}"
 "$VENV/bin/ruff" check .
-exec "$VENV/bin/python" -m pytest "$@"
+# Two workers (BBG_TEST_WORKERS), each taking whole test files: a file's module fixtures and its
+# processes stay together. The slowest tests are listed at the end.
+exec "$VENV/bin/python" -m pytest -n "${BBG_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
