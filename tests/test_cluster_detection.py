@@ -485,20 +485,22 @@ def test_two_tpu_vm_workers_join_through_the_sharding_path(clean_env):
                    "JAX_COORDINATOR_PORT": str(port), "JAX_PLATFORMS": "cpu",
                    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                    "NO_PROXY": "127.0.0.1,localhost"}
+            # stderr apart: gloo's native lines would otherwise land inside the RESULT line.
             procs.append(subprocess.Popen([sys.executable, "-c", JOIN], cwd=ROOT, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True))
         # The join is over once both printed what the allgather returned. What jax does after
         # (its shutdown barrier, which can wait out a heartbeat when one process leaves first on
         # a loaded machine) is not what this test checks, so the processes are stopped then.
-        outs = [[] for _ in procs]
-        readers = [threading.Thread(target=lambda p=p, o=o: o.extend(p.stdout), daemon=True)
-                   for p, o in zip(procs, outs, strict=True)]
+        outs, errs = [[] for _ in procs], [[] for _ in procs]
+        readers = [threading.Thread(target=lambda f=f, o=o: o.extend(f), daemon=True)
+                   for p, out, err in zip(procs, outs, errs, strict=True)
+                   for f, o in ((p.stdout, out), (p.stderr, err))]
         for reader in readers:
             reader.start()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(
-                any(x.startswith("RESULT ") for x in out) or proc.poll() not in (None, 0)
+                any(x.startswith("RESULT ") for x in out) or proc.poll() is not None
                 for proc, out in zip(procs, outs, strict=True)):
             time.sleep(0.2)
     finally:
@@ -508,11 +510,13 @@ def test_two_tpu_vm_workers_join_through_the_sharding_path(clean_env):
         for server in servers:
             server.close()
     results = []
-    for proc, reader, out in zip(procs, readers, outs, strict=True):
+    for proc in procs:
         proc.wait(timeout=30)
+    for reader in readers:
         reader.join(timeout=10)
+    for proc, out, err in zip(procs, outs, errs, strict=True):
         lines = [x for x in out if x.startswith("RESULT ")]
-        assert len(lines) == 1, f"exit {proc.returncode}: " + "".join(out)[-3000:]
+        assert len(lines) == 1, f"exit {proc.returncode}: " + "".join(out + err)[-3000:]
         results.append(json.loads(lines[0][7:]))
     assert results == [{"index": i, "count": 2, "local": 2, "global": 4, "ids": [0, 1]}
                        for i in (0, 1)]
