@@ -209,6 +209,145 @@ def _check_finite(step: int, metrics: dict[str, Any], last_checkpoint: int | Non
         )
 
 
+@dataclasses.dataclass(eq=False)
+class _Run:
+    """What the loop's steps, checkpoints and evaluations share in one run.
+
+    ``last_checkpoint`` moves with every save and is named by the non-finite error, so it lives
+    here rather than in the loop's locals. ``writer`` writes on every process (logging only
+    except on process 0); the metrics log and the progress bar exist only on process 0.
+    """
+
+    config: ml_collections.ConfigDict
+    workdir_path: Any
+    lead: bool
+    manager: Any
+    writer: Any
+    metrics_log: summaries.MetricsLog | None
+    bar: progress.Progress | None
+    preemption: _Preemption
+    evals: list
+    last_checkpoint: int | None
+
+    def settle(self, pending):
+        """Fetches, checks and logs a finished step's metrics."""
+        t = self.config.train
+        step, metrics = pending
+        metrics = jax.device_get(metrics)
+        _check_finite(step, metrics, self.last_checkpoint)
+        if step % t.log_every == 0 or step == t.num_steps:
+            scalars = {k: float(v) for k, v in metrics.items()}
+            self.writer.write_scalars(step, scalars)
+            if self.metrics_log:
+                self.metrics_log.append(step, scalars)
+            if self.bar:
+                self.bar.log(step, scalars)
+
+    def flush_logs(self):
+        self.writer.flush()
+        if self.metrics_log:
+            self.metrics_log.flush()
+
+    def save(self, state):
+        step = int(jax.device_get(state.step))
+        checkpoint.save(self.manager, state, self.config, data_position(step, self.config))
+        self.last_checkpoint = step
+        self.flush_logs()  # the logs up to a checkpoint survive a kill
+
+    def evaluate(self, state, step, due) -> bool:
+        """Runs ``due`` at ``step``; False when a SIGTERM stopped it (it stays pending)."""
+        # An async save must be complete: the best probe copies it.
+        self.manager.wait_until_finished()
+        workdir = str(self.workdir_path)
+        standalone.mark_pending(workdir, step, [e.name for e in due])
+        began = time.monotonic()
+        try:
+            with interrupt.stop_when(lambda: self.preemption.stop_evaluation(step)):
+                metrics, images = standalone.run_and_write(self.config, workdir, step, due,
+                                                           state)
+        except interrupt.EvaluationInterrupted:
+            log.warning("SIGTERM during the evaluation of step %d: stopped it; it runs first "
+                        "after the restart.", step)
+            return False
+        if self.bar:
+            self.bar.message(progress.evaluation_summary(step, metrics, time.monotonic() - began))
+        self.writer.write_scalars(step, metrics)
+        self.writer.write_images(step, {k: v[None] for k, v in images.items()})
+        standalone.clear_pending(workdir)
+        return True
+
+    def evaluate_pending(self, state, step) -> bool:
+        """The evaluation a SIGTERM (or a kill) interrupted, before training on; False when a
+        SIGTERM stopped it again."""
+        record = standalone.read_pending(str(self.workdir_path))
+        if record is None or record["step"] > step:
+            return True  # (an older checkpoint restored: it runs when training reaches it)
+        due = [e for e in self.evals if e.name in record["evaluators"]]
+        if record["step"] < step or not due:
+            log.warning("Not running the pending evaluation of step %d (%s): the run resumed "
+                        "from step %d with evaluators %s.", record["step"],
+                        record["evaluators"], step, [e.name for e in self.evals])
+            standalone.clear_pending(str(self.workdir_path))
+            return True
+        if self.lead:
+            console.say(f"train: the evaluation of step {step} was interrupted; running it "
+                        "first")
+        return self.evaluate(state, step, due)
+
+    def close(self):
+        """Releases the run's resources, on success or error alike."""
+        if self.bar:
+            self.bar.close()
+        self.preemption.restore()
+        self.flush_logs()
+        self.manager.close()  # waits for an async save to finish
+
+
+def _train_steps(run: _Run, state: TrainState, start: int, batches, train_step,
+                 hooks: Hooks) -> TrainState:
+    """Steps ``start + 1`` to ``train.num_steps`` with their checkpoints and evaluations, or
+    until a SIGTERM; returns the last state."""
+    t = run.config.train
+    preemption = run.preemption
+    pending: tuple[int, dict] | None = None
+    steps = range(start + 1, t.num_steps + 1)
+    if not run.evaluate_pending(state, start):
+        log.warning("SIGTERM: checkpointed step %d and stopped.", start)
+        steps = range(0)
+    for step in steps:
+        batch = hooks.batch(step, next(batches))
+        state, metrics = train_step(state, batch)
+        # Settling the previous step only now keeps the device busy while the host fetches.
+        if pending is not None:
+            run.settle(pending)
+        pending = (step, metrics)
+        if run.bar:
+            run.bar.update(step)
+        preempted = preemption.reached(step)
+        if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
+            run.settle(pending)
+            pending = None
+            run.save(state)
+            due = [] if preempted else evaluators_lib.due(run.evals, run.config, step,
+                                                          t.num_steps)
+            if due and not run.evaluate(state, step, due):
+                preempted = True
+        hooks.after_step(step, lambda: preemption.requested)
+        if preemption.requested and not preempted:  # SIGTERM during the step's tail
+            preempted = True
+            if run.last_checkpoint != step:
+                run.settle(pending)
+                pending = None
+                run.save(state)
+        if preempted:
+            run.manager.wait_until_finished()
+            log.warning("SIGTERM: checkpointed step %d and stopped.", step)
+            break
+    if pending is not None:
+        run.settle(pending)
+    return state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        hooks: Hooks = Hooks()) -> TrainState:
     """Trains ``config`` in ``workdir`` until ``train.num_steps``; returns the final state."""
@@ -245,113 +384,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # (4) Loop.
     train_step = jit_train_step(config, mesh)
     bar = progress.Progress(t.num_steps, start, writer) if lead else None
-    preemption = _Preemption()
-    pending: tuple[int, dict] | None = None
-
-    def settle(pending):
-        """Fetches, checks and logs a finished step's metrics."""
-        step, metrics = pending
-        metrics = jax.device_get(metrics)
-        _check_finite(step, metrics, last_checkpoint)
-        if step % t.log_every == 0 or step == t.num_steps:
-            scalars = {k: float(v) for k, v in metrics.items()}
-            writer.write_scalars(step, scalars)
-            if metrics_log:
-                metrics_log.append(step, scalars)
-            if bar:
-                bar.log(step, scalars)
-
-    def flush_logs():
-        writer.flush()
-        if metrics_log:
-            metrics_log.flush()
-
-    def save(state):
-        nonlocal last_checkpoint
-        step = int(jax.device_get(state.step))
-        checkpoint.save(manager, state, config, data_position(step, config))
-        last_checkpoint = step
-        flush_logs()  # the logs up to a checkpoint survive a kill
-
-    def evaluate(state, step, due) -> bool:
-        """Runs ``due`` at ``step``; False when a SIGTERM stopped it (it stays pending)."""
-        manager.wait_until_finished()  # an async save must be complete: the best probe copies it
-        standalone.mark_pending(str(workdir_path), step, [e.name for e in due])
-        began = time.monotonic()
-        try:
-            with interrupt.stop_when(lambda: preemption.stop_evaluation(step)):
-                metrics, images = standalone.run_and_write(config, str(workdir_path), step, due,
-                                                           state)
-        except interrupt.EvaluationInterrupted:
-            log.warning("SIGTERM during the evaluation of step %d: stopped it; it runs first "
-                        "after the restart.", step)
-            return False
-        if bar:
-            bar.message(progress.evaluation_summary(step, metrics, time.monotonic() - began))
-        writer.write_scalars(step, metrics)
-        writer.write_images(step, {k: v[None] for k, v in images.items()})
-        standalone.clear_pending(str(workdir_path))
-        return True
-
-    def evaluate_pending(state, step) -> bool:
-        """The evaluation a SIGTERM (or a kill) interrupted, before training on; False when a
-        SIGTERM stopped it again."""
-        record = standalone.read_pending(str(workdir_path))
-        if record is None or record["step"] > step:
-            return True  # (an older checkpoint restored: it runs when training reaches it)
-        due = [e for e in evals if e.name in record["evaluators"]]
-        if record["step"] < step or not due:
-            log.warning("Not running the pending evaluation of step %d (%s): the run resumed "
-                        "from step %d with evaluators %s.", record["step"],
-                        record["evaluators"], step, [e.name for e in evals])
-            standalone.clear_pending(str(workdir_path))
-            return True
-        if lead:
-            console.say(f"train: the evaluation of step {step} was interrupted; running it "
-                        "first")
-        return evaluate(state, step, due)
-
+    run = _Run(config, workdir_path, lead, manager, writer, metrics_log, bar, _Preemption(),
+               evals, last_checkpoint)
     run_began = time.monotonic()
     try:
-        steps = range(start + 1, t.num_steps + 1)
-        if not evaluate_pending(state, start):
-            log.warning("SIGTERM: checkpointed step %d and stopped.", start)
-            steps = range(0)
-        for step in steps:
-            batch = hooks.batch(step, next(batches))
-            state, metrics = train_step(state, batch)
-            if pending is not None:
-                settle(pending)
-            pending = (step, metrics)
-            if bar:
-                bar.update(step)
-            preempted = preemption.reached(step)
-            if step % t.checkpoint_every == 0 or step == t.num_steps or preempted:
-                settle(pending)
-                pending = None
-                save(state)
-                due = [] if preempted else evaluators_lib.due(evals, config, step, t.num_steps)
-                if due and not evaluate(state, step, due):
-                    preempted = True
-            hooks.after_step(step, lambda: preemption.requested)
-            if preemption.requested and not preempted:  # SIGTERM during the step's tail
-                preempted = True
-                if last_checkpoint != step:
-                    settle(pending)
-                    pending = None
-                    save(state)
-            if preempted:
-                manager.wait_until_finished()
-                log.warning("SIGTERM: checkpointed step %d and stopped.", step)
-                break
-        if pending is not None:
-            settle(pending)
+        state = _train_steps(run, state, start, batches, train_step, hooks)
     finally:
-        if bar:
-            bar.close()
-        preemption.restore()
-        flush_logs()
-        manager.close()  # waits for an async save to finish
+        run.close()
     done = int(jax.device_get(state.step))
     if lead and done == t.num_steps and done > start:
         console.say(f"train: reached step {done} in {(time.monotonic() - run_began) / 60:.1f} "

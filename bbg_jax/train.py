@@ -106,96 +106,125 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None = None
 def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = None
                         ) -> StepFunctions:
     """Builds the models and optimizers of ``config`` and the step's pure functions."""
-    models = build_models(config)
-    t = config.train
-    G, D = models["G"], models["D"]
-    E = models.get("E")
-    txs = make_optimizers(config, sorted(models))
-    probe_tx = probe_optimizer(config)
-    terms = t.loss_terms
-    class_conditional = config.model.generator.conditioning == "class"
-    num_classes = config.model.generator.num_classes
-    z_dim = config.model.z_dim
-    peaks = learning_rates(config)
-    schedules = {k: lr_schedule(v, t.warmup_steps) for k, v in peaks.items()}
-    if t.prior not in PRIORS:
-        raise ValueError(f"train.prior={t.prior!r}; choose one of {PRIORS}.")
-    # Which weight-gradient the convolutions use (bbg_jax/models/conv.py): "auto" picks by the
-    # platform the step runs on (the mesh's, so an AOT compile for a TPU topology gets XLA's).
-    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    weight_grad = conv.resolve(t.get("conv_weight_grad", "xla"), platform)
+    step = _Step(config, mesh)
+    return StepFunctions(step.draw, step.d_update, step.d_update_on_pairs, step.ge_update,
+                         step.train_step)
 
-    def conv_context(fn):
-        @functools.wraps(fn)
-        def traced_with(*args):
-            with conv.weight_grad(weight_grad):
-                return fn(*args)
-        return traced_with
 
-    def variables(state: TrainState, name: str, params: PyTree | None = None) -> dict:
-        p = state.params[name] if params is None else params
-        return {"params": p, **state.model_state[name]}
+def _variables(state: TrainState, name: str, params: PyTree | None = None) -> dict:
+    """A network's variables for ``apply``: its stored state with ``params`` in place of its
+    own when the loss differentiates them."""
+    p = state.params[name] if params is None else params
+    return {"params": p, **state.model_state[name]}
 
-    def draw(key: jax.Array, n: int) -> dict[str, jax.Array]:
+
+def _real_view(batch: Batch, i: int) -> dict[str, jax.Array]:
+    """Real batch ``i`` of the step's ``n_d_steps``."""
+    return {k: v[i] for k, v in batch.items()}
+
+
+def _keeps_state(module):
+    """``module`` that writes no stored state, for D's update.
+
+    D's update runs G and E in training mode (batch statistics, as in their own update) but
+    keeps their stored state, which only their own update writes. (A module of one's own
+    without the field keeps no state to protect.)
+    """
+    if module is None or not hasattr(module, "update_state"):
+        return module
+    return module.clone(update_state=False)
+
+
+def _with_conv_weight_grad(method):
+    """Traces ``method`` under the step's convolution weight-gradient choice: it is read while
+    tracing, so each update must carry it for callers that jit that update alone."""
+
+    @functools.wraps(method)
+    def traced_with(self, *args):
+        with conv.weight_grad(self.weight_grad):
+            return method(self, *args)
+    return traced_with
+
+
+class _Step:
+    """The step's pure functions, bound to the models, optimizers and settings of one config.
+
+    Holds no arrays: only what is fixed while tracing, so its methods stay pure functions of
+    their arguments.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None):
+        models = build_models(config)
+        t = self.t = config.train
+        self.config, self.mesh = config, mesh
+        self.G, self.D = models["G"], models["D"]
+        self.E = models.get("E")
+        self.txs = make_optimizers(config, sorted(models))
+        self.probe_tx = probe_optimizer(config)
+        self.terms = t.loss_terms
+        self.class_conditional = config.model.generator.conditioning == "class"
+        self.num_classes = config.model.generator.num_classes
+        self.z_dim = config.model.z_dim
+        peaks = learning_rates(config)
+        self.schedules = {k: lr_schedule(v, t.warmup_steps) for k, v in peaks.items()}
+        if t.prior not in PRIORS:
+            raise ValueError(f"train.prior={t.prior!r}; choose one of {PRIORS}.")
+        # Which weight-gradient the convolutions use (bbg_jax/models/conv.py): "auto" picks by the
+        # platform the step runs on (the mesh's, so an AOT compile for a TPU topology gets XLA's).
+        platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+        self.weight_grad = conv.resolve(t.get("conv_weight_grad", "xla"), platform)
+        self.G_keeps_state, self.E_keeps_state = _keeps_state(self.G), _keeps_state(self.E)
+
+    def draw(self, key: jax.Array, n: int) -> dict[str, jax.Array]:
+        """Latents ``z``, encoder noise ``eps`` and labels ``y`` for ``n`` examples, sharded like
+        the batch."""
         kz, ke, ky = jax.random.split(key, 3)
-        out = {"z": sharding.shard_like_batch(sample_prior(kz, (n, z_dim), t.prior), mesh)}
-        if E is not None:
-            eps = jax.random.normal(ke, (n, z_dim), jnp.float32)
-            out["eps"] = sharding.shard_like_batch(eps, mesh)
-        if class_conditional:
-            y = jax.random.randint(ky, (n,), 0, num_classes)
-            out["y"] = sharding.shard_like_batch(y, mesh)
+        z = sample_prior(kz, (n, self.z_dim), self.t.prior)
+        out = {"z": sharding.shard_like_batch(z, self.mesh)}
+        if self.E is not None:
+            eps = jax.random.normal(ke, (n, self.z_dim), jnp.float32)
+            out["eps"] = sharding.shard_like_batch(eps, self.mesh)
+        if self.class_conditional:
+            y = jax.random.randint(ky, (n,), 0, self.num_classes)
+            out["y"] = sharding.shard_like_batch(y, self.mesh)
         return out
 
-    def real_view(batch: Batch, i: int) -> dict[str, jax.Array]:
-        return {k: v[i] for k, v in batch.items()}
-
-    def pair_seconds(real, noise, z_hat):
+    def _pair_seconds(self, real, noise, z_hat):
         """What D reads beside x on each side: (ẑ = E(x), z), (label, y) or nothing."""
-        if E is not None:
+        if self.E is not None:
             return z_hat, noise["z"]
-        if config.model.discriminator.num_classes > 0:
+        if self.config.model.discriminator.num_classes > 0:
             return real["label"], noise["y"]
         return None, None
 
-    def d_scores(d_vars, enc_pairs, gen_pairs, train, mutable):
+    def _d_scores(self, d_vars, enc_pairs, gen_pairs, train, mutable):
         """D on encoder (real) pairs and generator pairs, each (x, second), in one pass."""
         x = _interleave(enc_pairs[0], gen_pairs[0])
         second = None if enc_pairs[1] is None else _interleave(enc_pairs[1], gen_pairs[1])
-        out = D.apply(d_vars, x, second, train=train, mutable=mutable)
+        out = self.D.apply(d_vars, x, second, train=train, mutable=mutable)
         scores, new_state = out if mutable else (out, None)
         enc, gen = _split_scores(scores)
         return enc, gen, new_state
 
-    def d_scores_generated(d_vars, noise, x_fake):
+    def _d_scores_generated(self, d_vars, noise, x_fake):
         """D on generator pairs alone (the G update of ``x_only``: no loss reads a real score,
         so D runs forward and backward on half the batch). D is per-example (no batch
         statistics), so the scores equal those of the interleaved pass."""
-        label = noise.get("y") if config.model.discriminator.num_classes > 0 else None
-        return D.apply(d_vars, x_fake, label, train=False, mutable=False)
+        label = noise.get("y") if self.config.model.discriminator.num_classes > 0 else None
+        return self.D.apply(d_vars, x_fake, label, train=False, mutable=False)
 
-    # D's update runs G and E in training mode (batch statistics, as in their own update) but
-    # keeps their stored state, which only their own update writes. (A module of one's own
-    # without the field keeps no state to protect.)
-    def keeps_state(module):
-        if module is None or not hasattr(module, "update_state"):
-            return module
-        return module.clone(update_state=False)
-
-    G_keeps_state, E_keeps_state = keeps_state(G), keeps_state(E)
-
-    def generate(state, g_params, noise, mutable):
-        g = G if mutable else G_keeps_state
-        return g.apply(variables(state, "G", g_params), noise["z"], noise.get("y"), train=True,
+    def _generate(self, state, g_params, noise, mutable):
+        g = self.G if mutable else self.G_keeps_state
+        return g.apply(_variables(state, "G", g_params), noise["z"], noise.get("y"), train=True,
                        mutable=mutable)
 
-    def encode(state, e_params, real, noise, mutable):
-        e = E if mutable else E_keeps_state
-        return e.apply(variables(state, "E", e_params), real["image_e"], train=True,
+    def _encode(self, state, e_params, real, noise, mutable):
+        e = self.E if mutable else self.E_keeps_state
+        return e.apply(_variables(state, "E", e_params), real["image_e"], train=True,
                        noise=noise["eps"], mutable=mutable)
 
-    @conv_context
-    def d_update_on_pairs(state: TrainState, enc_pairs: tuple, gen_pairs: tuple
+    @_with_conv_weight_grad
+    def d_update_on_pairs(self, state: TrainState, enc_pairs: tuple, gen_pairs: tuple
                           ) -> tuple[TrainState, dict]:
         """One D update on given encoder pairs (x, ẑ) and generator pairs (x̂, z).
 
@@ -204,14 +233,14 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         """
 
         def loss_fn(d_params):
-            enc, gen, new_d_state = d_scores(
-                variables(state, "D", d_params), enc_pairs, gen_pairs,
+            enc, gen, new_d_state = self._d_scores(
+                _variables(state, "D", d_params), enc_pairs, gen_pairs,
                 train=True, mutable=["spectral"])
-            losses = bigbigan_losses(enc, gen, terms)
+            losses = bigbigan_losses(enc, gen, self.terms)
             return losses["d_loss"], (losses, new_d_state)
 
         grads, (losses, new_d_state) = jax.grad(loss_fn, has_aux=True)(state.params["D"])
-        updates, opt = txs["D"].update(grads, state.opt_state["D"], state.params["D"])
+        updates, opt = self.txs["D"].update(grads, state.opt_state["D"], state.params["D"])
         state = state.replace(
             params={**state.params, "D": optax.apply_updates(state.params["D"], updates)},
             opt_state={**state.opt_state, "D": opt},
@@ -219,62 +248,68 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
         )
         return state, {**losses, "grad_norm_D": optax.tree_utils.tree_norm(grads)}
 
-    @conv_context
-    def d_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
-        x_fake = generate(state, None, noise, mutable=False)
-        z_hat = encode(state, None, real, noise, mutable=False)["z_sample"] if E else None
+    @_with_conv_weight_grad
+    def d_update(self, state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
+        """One D update on the real batch against G's samples of ``noise``."""
+        x_fake = self._generate(state, None, noise, mutable=False)
+        z_hat = (self._encode(state, None, real, noise, mutable=False)["z_sample"] if self.E
+                 else None)
         x_fake, z_hat = jax.lax.stop_gradient((x_fake, z_hat))
-        second_enc, second_gen = pair_seconds(real, noise, z_hat)
-        return d_update_on_pairs(state, (real["image_d"], second_enc), (x_fake, second_gen))
+        second_enc, second_gen = self._pair_seconds(real, noise, z_hat)
+        return self.d_update_on_pairs(state, (real["image_d"], second_enc), (x_fake, second_gen))
 
-    @conv_context
-    def ge_update(state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
-        names = ["G", "E"] if E is not None else ["G"]
+    def _ge_loss(self, state: TrainState, real: dict, noise: dict, ge_params: dict):
+        """The joint G+E loss of ``ge_params``, with their new stored state and E's pooled
+        features (for the online probe)."""
+        x_fake, new_g = self._generate(state, ge_params["G"], noise,
+                                       mutable=["batch_stats", "spectral"])
+        new_states = {"G": new_g}
+        z_hat = None
+        feat = None
+        if self.E is not None:
+            enc_out, new_e = self._encode(state, ge_params["E"], real, noise,
+                                          mutable=["batch_stats"])
+            z_hat, new_states["E"] = enc_out["z_sample"], new_e
+            feat = enc_out["avepool_feat"]
+        if self.terms == "x_only":
+            enc = None
+            gen = self._d_scores_generated(_variables(state, "D"), noise, x_fake)
+        else:
+            second_enc, second_gen = self._pair_seconds(real, noise, z_hat)
+            enc, gen, _ = self._d_scores(_variables(state, "D"), (real["image_d"], second_enc),
+                                         (x_fake, second_gen), train=False, mutable=False)
+        losses = bigbigan_losses(enc, gen, self.terms)
+        total = losses["g_loss"] + losses.get("e_loss", 0.0)
+        if self.t.ortho_reg_weight > 0:
+            losses["ortho_reg_G"] = orthogonal_regularizer(ge_params["G"])
+            total = total + self.t.ortho_reg_weight * losses["ortho_reg_G"]
+        return total, (losses, new_states, feat)
 
-        def loss_fn(ge_params):
-            x_fake, new_g = generate(state, ge_params["G"], noise,
-                                     mutable=["batch_stats", "spectral"])
-            new_states = {"G": new_g}
-            z_hat = None
-            feat = None
-            if E is not None:
-                enc_out, new_e = encode(state, ge_params["E"], real, noise,
-                                        mutable=["batch_stats"])
-                z_hat, new_states["E"] = enc_out["z_sample"], new_e
-                feat = enc_out["avepool_feat"]
-            if terms == "x_only":
-                enc = None
-                gen = d_scores_generated(variables(state, "D"), noise, x_fake)
-            else:
-                second_enc, second_gen = pair_seconds(real, noise, z_hat)
-                enc, gen, _ = d_scores(variables(state, "D"), (real["image_d"], second_enc),
-                                       (x_fake, second_gen), train=False, mutable=False)
-            losses = bigbigan_losses(enc, gen, terms)
-            total = losses["g_loss"] + losses.get("e_loss", 0.0)
-            if t.ortho_reg_weight > 0:
-                losses["ortho_reg_G"] = orthogonal_regularizer(ge_params["G"])
-                total = total + t.ortho_reg_weight * losses["ortho_reg_G"]
-            return total, (losses, new_states, feat)
-
+    @_with_conv_weight_grad
+    def ge_update(self, state: TrainState, real: dict, noise: dict) -> tuple[TrainState, dict]:
+        """One joint G+E update (and the online probe's step on E's features)."""
+        names = ["G", "E"] if self.E is not None else ["G"]
+        loss_fn = functools.partial(self._ge_loss, state, real, noise)
         ge_params = {k: state.params[k] for k in names}
         grads, (losses, new_states, feat) = jax.grad(loss_fn, has_aux=True)(ge_params)
         params, opt_state, model_state = dict(state.params), dict(state.opt_state), dict(
             state.model_state)
         metrics = {}
         for k in names:
-            updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
+            updates, opt_state[k] = self.txs[k].update(grads[k], state.opt_state[k],
+                                                       state.params[k])
             params[k] = optax.apply_updates(state.params[k], updates)
             model_state[k] = {**state.model_state[k], **new_states[k]}
             metrics[f"grad_norm_{k}"] = optax.tree_utils.tree_norm(grads[k])
         state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
         if state.probe:
-            state, probe_metrics = probe_update(state, jax.lax.stop_gradient(feat),
-                                                real["label"])
+            state, probe_metrics = self._probe_update(state, jax.lax.stop_gradient(feat),
+                                                      real["label"])
             metrics.update(probe_metrics)
         return state, {**losses, **metrics}
 
-    def probe_update(state: TrainState, feat: jax.Array, label: jax.Array
-                     ) -> tuple[TrainState, dict]:
+    def _probe_update(self, state: TrainState, feat: jax.Array, label: jax.Array
+                      ) -> tuple[TrainState, dict]:
         """One step of the online linear probe on frozen features (reported before the step)."""
 
         def loss_fn(p):
@@ -284,39 +319,40 @@ def make_step_functions(config: ml_collections.ConfigDict, mesh: Mesh | None = N
 
         p, opt = state.probe["params"], state.probe["opt_state"]
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        updates, opt = probe_tx.update(grads, opt, p)
+        updates, opt = self.probe_tx.update(grads, opt, p)
         top1 = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
         new = {"params": optax.apply_updates(p, updates), "opt_state": opt}
         return state.replace(probe=new), {"online_probe_loss": loss,
                                           "online_probe_top1_train": top1}
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(self, state: TrainState, batch: Batch
+                   ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """``n_d_steps`` D updates, one G+E update, then the EMA and the step count."""
+        t, terms = self.t, self.terms
         key = jax.random.fold_in(state.base_key(), state.step)
         metrics: dict[str, jax.Array] = {}
         for i in range(t.n_d_steps):
-            real = real_view(batch, i)
-            noise = draw(jax.random.fold_in(key, i), real["image_d"].shape[0])
-            state, d_metrics = d_update(state, real, noise)
+            real = _real_view(batch, i)
+            noise = self.draw(jax.random.fold_in(key, i), real["image_d"].shape[0])
+            state, d_metrics = self.d_update(state, real, noise)
             # Report D's losses from its last update of the step (and, for x_only, whose G
             # update scores no real image, the real images' mean score from it too).
             metrics.update({k: v for k, v in d_metrics.items()
                             if k.startswith(("d_loss", "grad_norm"))
                             or (terms == "x_only" and k.endswith("_enc"))})
-        real = real_view(batch, t.n_d_steps - 1)
-        noise = draw(jax.random.fold_in(key, t.n_d_steps), real["image_d"].shape[0])
-        state, ge_metrics = ge_update(state, real, noise)
+        real = _real_view(batch, t.n_d_steps - 1)
+        noise = self.draw(jax.random.fold_in(key, t.n_d_steps), real["image_d"].shape[0])
+        state, ge_metrics = self.ge_update(state, real, noise)
         metrics.update({k: v for k, v in ge_metrics.items() if not k.startswith("d_loss")})
 
         new_step = state.step + 1
         ema = {k: update_ema(state.ema_params[k], state.params[k], new_step, t.ema_decay,
                              t.ema_start_step)
-               for k in ema_networks(config, state.params)}
-        for k, sched in schedules.items():
+               for k in ema_networks(self.config, state.params)}
+        for k, sched in self.schedules.items():
             if k in state.params:
                 metrics[f"lr_{k}"] = jnp.asarray(sched(state.step), jnp.float32)
         return state.replace(step=new_step, ema_params=ema), metrics
-
-    return StepFunctions(draw, d_update, d_update_on_pairs, ge_update, train_step)
 
 
 def jit_train_step(config: ml_collections.ConfigDict, mesh: Mesh

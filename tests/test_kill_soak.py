@@ -38,7 +38,9 @@ def test_kill_soak_two_runs_resume_bit_exact(tmp_path, compilation_cache):
     assert reference_seconds > 0
     runs = {r["run"]: r for r in lines[1:-1]}
     summary = lines[-1]
-    assert summary == {**summary, "runs": 2, "bit_exact": 2, "killed_with_an_uncommitted_save": 1}
+    assert summary == {**summary, "runs": 2, "bit_exact": 2}
+    # The random kill may land in a save too (a loaded machine stretches the saves): 1 or 2.
+    assert summary["killed_with_an_uncommitted_save"] in (1, 2)
     assert runs[1]["kill"] == "in the save of step 6" and runs[1]["killed"]
     assert runs[1]["checkpoints_at_kill"] == [3]
     assert runs[1]["uncommitted_at_kill"] == ["6.orbax-checkpoint-tmp"]
