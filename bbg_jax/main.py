@@ -30,6 +30,7 @@ from ml_collections import ConfigDict, config_flags
 
 from bbg_jax import config_checks, console, paths, sharding
 from bbg_jax.config_checks import ConfigError
+from bbg_jax.evaluation import plan as eval_plan
 
 _OUR_FLAGS = ("--config", "--workdir", "--mode", "--step", "-v/--verbose")
 _VERBOSE_ARGS = ("-v", "--verbose")
@@ -211,6 +212,7 @@ def execute(args: Args, own_process: bool = False) -> None:
         sharding.maybe_initialize_distributed()
         if args.mode == "train":
             config_checks.check_devices(config)
+        eval_plan.check_host_ram(config, scheduled_only=args.mode == "train")
     except (ConfigError, paths.WorkdirError, sharding.DistributedConfigError) as e:
         _stop(e)
     import jax

@@ -17,7 +17,6 @@ this process cannot write stops every process in one line (``WorkdirError``).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -188,13 +187,47 @@ def read_json(p: PathLike) -> Any:
 
 
 def save_npz(p: PathLike, arrays: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    write_atomic(p, buf.getvalue())
+    """Arrays as .npz, streamed to the file (never a whole-object buffer: a host's part of
+    ImageNet's features is GBs). Atomic: a local file is renamed into place, an object in a
+    bucket appears only when its upload completes."""
+    target = path(p)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        with target.open("wb") as f:
+            np.savez(_WriteOnly(f), **arrays)
+        return
+    tmp = target.parent / f".{target.name}.tmp"
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, target)
+
+
+class _WriteOnly:
+    """An object store's upload stream as numpy and zipfile want an unseekable file: it has a
+    ``read`` (numpy's test for a file), and ``seek`` raises OSError (fsspec's raises
+    ValueError, which zipfile does not expect)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data) -> int:
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def read(self, *args):
+        raise OSError("write-only")
+
+    def tell(self) -> int:
+        raise OSError("unseekable")  # zipfile then counts the bytes itself
+
+    def seek(self, *args):
+        raise OSError("unseekable")
 
 
 def load_npz(p: PathLike) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(path(p).read_bytes())) as f:
+    with path(p).open("rb") as fh, np.load(fh) as f:
         return dict(f)
 
 

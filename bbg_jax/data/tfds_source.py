@@ -9,6 +9,7 @@ and each process reads its own equal, disjoint part of whichever split via ``tfd
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import ml_collections
@@ -87,6 +88,18 @@ def train_val_split(c: ml_collections.ConfigDict) -> str:
     if not c.train_val_size:
         raise ValueError("data.train_val_size is 0: there is no train_val hold-out.")
     return f"{c.train_split}[:{c.train_val_size}]"
+
+
+def first_examples(split: str, n: int) -> str:
+    """The first ``n`` examples of ``split`` as one TFDS split string ("train[10000:]", 5 ->
+    "train[10000:10005]"), so that processes can each read their part of them."""
+    m = re.fullmatch(r"([\w-]+)(?:\[(\d*):(\d*)\])?", split)
+    if m is None:
+        raise ValueError(f"Split {split!r}: a limit on its examples needs a name or a name "
+                         f"with an example slice such as 'train[10000:]' (no percentages).")
+    start = int(m[2] or 0)
+    end = start + n if not m[3] else min(start + n, int(m[3]))
+    return f"{m[1]}[{start}:{end}]"
 
 
 def process_split(split: str, process_index: int, process_count: int,

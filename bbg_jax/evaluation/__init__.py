@@ -10,6 +10,8 @@ weights load only when used):
   generation           sampling G: EMA/raw weights, batch/standing BN statistics
   png, sheets          a numpy+zlib PNG writer; sample/reconstruction/interpolation sheets
   sharded              run a function over every device's rows of an evaluation batch
+  sharded_probe        the linear probe on features sharded over every device and process
+  plan                 each evaluator's host RAM, device memory, reads and time, before a run
   interrupt            a SIGTERM honoured between the batches of an evaluation inside training
   config               the ``eval`` config section: shared fields and one section per evaluator
   settings             a run config's ``eval`` section and the probe settings read from it

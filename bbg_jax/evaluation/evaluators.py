@@ -19,9 +19,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from bbg_jax import paths
-from bbg_jax.evaluation import diagnostics, generation, metrics, probe, sheets
-from bbg_jax.evaluation.probe_files import trained_classifier_path, trained_features_path
+from bbg_jax import paths, sharding
+from bbg_jax.evaluation import diagnostics, generation, metrics, probe, sharded_probe, sheets
+from bbg_jax.evaluation.probe_files import (
+    belongs_to_this_process,
+    this_process_file,
+    trained_classifier_path,
+    trained_features_path,
+)
 from bbg_jax.evaluation.settings import eval_section, probe_settings
 from bbg_jax.evaluation.sharded import ShardedFn, replicate
 from bbg_jax.models import build_models
@@ -50,33 +55,96 @@ def split_name(config: ml_collections.ConfigDict, which: str) -> str:
             "eval": lambda: d.eval_split}[which]()
 
 
-def dataset_batches(config: ml_collections.ConfigDict, batch_size: int) -> BatchesFn:
+def dataset_batches(config: ml_collections.ConfigDict, batch_size: int) -> DatasetBatches:
     """Real data through ``bbg_jax.data.pipeline`` (TensorFlow); synthetic data from numpy."""
-    def batches(which: str, max_examples: int | None) -> Iterator[dict]:
-        if config.data.dataset == "synthetic":
-            from bbg_jax.data.synthetic import synthetic_batch
-            n = max_examples or 4 * batch_size
-            seed = {"train": 1, "trainval": 2, "eval": 3}[which]
-            for i in range(0, n, batch_size):
-                yield synthetic_batch(min(batch_size, n - i), config.data.resolution_e,
-                                      config.data.resolution_d, config.data.channels,
-                                      seed=(seed, i), num_classes=10)
-            return
-        from bbg_jax.data import pipeline  # the only route to TensorFlow
+    return DatasetBatches(config, batch_size)
+
+
+class DatasetBatches:
+    """The config's splits as batches. Called as a ``BatchesFn`` it gives every process the
+    whole split in the same order (the evaluations that split each batch's rows over all
+    devices, ``bbg_jax.evaluation.sharded``: their metrics are those of one process, never those
+    of a 1/N part); ``local`` gives this process its own part, read by this process only."""
+
+    def __init__(self, config: ml_collections.ConfigDict, batch_size: int):
+        self.config, self.batch_size = config, batch_size
+
+    def __call__(self, which: str, max_examples: int | None) -> Iterator[dict]:
+        if self.config.data.dataset == "synthetic":
+            return self._synthetic(which, max_examples)
+        return self._tfds(which, max_examples, process_index=0, process_count=1)
+
+    def local(self, which: str, max_examples: int | None) -> Iterator[dict]:
+        """This process's contiguous part of the split's first ``max_examples`` (processes in
+        order; ``tfds.even_splits``), as the data pipeline reads training data."""
+        if self.config.data.dataset == "synthetic" or jax.process_count() == 1:
+            return process_part(self, which, max_examples)
+        from bbg_jax.data import tfds_source  # TensorFlow-free module
+
+        split = split_name(self.config, which)
+        if max_examples is not None:
+            split = tfds_source.first_examples(split, max_examples)
+        return self._tfds_split(split, process_index=None, process_count=None)
+
+    def _synthetic(self, which: str, max_examples: int | None) -> Iterator[dict]:
+        from bbg_jax.data.synthetic import synthetic_batch
+
+        c, bs = self.config.data, self.batch_size
+        n = max_examples or 4 * bs
+        seed = {"train": 1, "trainval": 2, "eval": 3}[which]
+        for i in range(0, n, bs):
+            yield synthetic_batch(min(bs, n - i), c.resolution_e, c.resolution_d, c.channels,
+                                  seed=(seed, i), num_classes=10)
+
+    def _tfds(self, which: str, max_examples: int | None, **process) -> Iterator[dict]:
         seen = 0
-        # Every process reads the whole split in the same order and the evaluation splits each
-        # batch's rows over all devices (bbg_jax.evaluation.sharded): the metrics of a
-        # multi-process run are those of one process, never those of a 1/N part.
-        for batch in pipeline.eval_dataset(config.data, split_name(config, which),
-                                           batch_size=batch_size, process_index=0,
-                                           process_count=1).as_numpy_iterator():
+        for batch in self._tfds_split(split_name(self.config, which), **process):
             if max_examples is not None:
                 batch = {k: v[:max_examples - seen] for k, v in batch.items()}
             yield batch
             seen += len(batch["label"])
             if max_examples is not None and seen >= max_examples:
                 return
-    return batches
+
+    def _tfds_split(self, split: str, **process) -> Iterator[dict]:
+        from bbg_jax.data import pipeline  # the only route to TensorFlow
+
+        yield from pipeline.eval_dataset(self.config.data, split, batch_size=self.batch_size,
+                                         **process).as_numpy_iterator()
+
+
+def local_batches(batches: BatchesFn, which: str, max_examples: int | None
+                  ) -> Iterator[dict]:
+    """This process's contiguous part of ``batches(which, max_examples)``: the source's own
+    ``local`` reader where it has one, else ``process_part``."""
+    local = getattr(batches, "local", None)
+    if local is not None:
+        return local(which, max_examples)
+    return process_part(batches, which, max_examples)
+
+
+def process_part(batches: BatchesFn, which: str, max_examples: int | None,
+                 process_index: int | None = None, process_count: int | None = None
+                 ) -> Iterator[dict]:
+    """Rows [n p / P, n (p + 1) / P) of the whole split for process p of P (default: this one),
+    read from a source that gives every process the whole split: one pass counts the rows, a
+    second keeps this process's (a stand-in source or synthetic data; real data reads only its
+    part, ``DatasetBatches.local``)."""
+    me = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if count == 1:
+        yield from batches(which, max_examples)
+        return
+    n = sum(len(b["label"]) for b in batches(which, max_examples))
+    lo, hi, start = n * me // count, n * (me + 1) // count, 0
+    for batch in batches(which, max_examples):
+        rows = len(batch["label"])
+        a, b = max(lo - start, 0), min(hi - start, rows)
+        if a < b:
+            yield {k: v[a:b] for k, v in batch.items()}
+        start += rows
+        if start >= hi:
+            return
 
 
 class SampleSheets:
@@ -211,8 +279,11 @@ class FIDEvaluator:
 class ProbeEvaluator:
     """Offline linear probe on frozen-E features (train -> choose L2 on trainval -> eval).
 
-    With a ``workdir`` the features of the evaluated step are kept in WORKDIR/features/ (only
-    the latest step's: they are hundreds of MB at Fashion-MNIST scale) for the run report.
+    Each process reads and encodes only its part of every split, and the classifiers train
+    data-parallel over every device on features that stay sharded (``sharded_probe``): no host
+    holds a whole split's features (125 GB for RevNet-50x4 on ImageNet). With a ``workdir``
+    each process keeps its part of the evaluated step's features in WORKDIR/features/ (only the
+    latest step's) for the run report and the diagnostics' probe judge.
     """
 
     name = "probe"
@@ -220,26 +291,23 @@ class ProbeEvaluator:
     def __init__(self, config, batches: BatchesFn, workdir: str | None = None):
         self.config, self.ev, self.batches = config, eval_section(config), batches
         self.workdir = workdir
-        self.extract = probe.FeatureExtractor(build_models(config)["E"])
+        self.mesh = sharding.make_mesh()
+        self.extract = sharded_probe.LocalFeatureExtractor(build_models(config)["E"], self.mesh)
 
     def _features(self, variables, step: int, which: str, limit: int | None):
-        compute = lambda: self.extract(variables, self.batches(which, limit))  # noqa: E731
-        if self.workdir is None:
-            return compute()
-        path = trained_features_path(self.workdir, step, self.ev.probe.params, which, limit)
-        return probe.cached(path, compute)
+        path = (None if self.workdir is None else
+                trained_features_path(self.workdir, step, self.ev.probe.params, which, limit))
+        return sharded_probe.cached_local(path, lambda: self.extract(
+            variables, local_batches(self.batches, which, limit)))
 
     def _drop_older_features(self, step: int) -> None:
         pr = self.ev.probe
-        keep = {trained_features_path(self.workdir, step, pr.params, w, limit)
-                for w, limit in (("train", pr.max_train), ("trainval", None),
-                                 ("eval", None))}
+        keep = {this_process_file(trained_features_path(self.workdir, step, pr.params, w, limit))
+                for w, limit in (("train", pr.max_train), ("trainval", None), ("eval", None))}
         keep.add(trained_classifier_path(self.workdir, step, pr.params,
                                          diagnostics.PROBE_JUDGE_FEATURE))
-        if jax.process_index() > 0:
-            return  # only process 0 writes (and deletes) files
         for path in (paths.path(self.workdir) / "features").glob("trained_step*.npz"):
-            if path not in keep:
+            if path not in keep and belongs_to_this_process(path):
                 path.unlink()
 
     def run(self, state):
@@ -252,10 +320,10 @@ class ProbeEvaluator:
             "trainval": self._features(variables, step, "trainval", None),
             "test": self._features(variables, step, "eval", None),
         }
-        num_classes = int(max(f["label"].max() for f in feats.values())) + 1
+        num_classes = sharded_probe.global_num_classes([f["label"] for f in feats.values()])
         fitted: dict[str, probe.ProbeResult] = {}
-        metrics = probe.probe_metrics(feats, num_classes, probe_settings(self.ev),
-                                      fitted=fitted)
+        metrics = sharded_probe.probe_metrics_sharded(
+            feats, num_classes, probe_settings(self.ev), fitted=fitted, mesh=self.mesh)
         if self.workdir is not None:
             if jax.process_index() == 0:  # kept for its only reader, the diagnostics' judge
                 feature = diagnostics.PROBE_JUDGE_FEATURE

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,9 +34,10 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from bbg_jax import sharding
+from bbg_jax import paths, sharding
 from bbg_jax.evaluation import interrupt
 from bbg_jax.evaluation.probe import FEATURE_NAMES, FEATURES, ProbeResult, ProbeSettings, feature_fn
+from bbg_jax.evaluation.probe_files import this_process_file
 from bbg_jax.evaluation.sharded import (
     LocalShardedFn,
     local_devices_in_order,
@@ -67,6 +68,22 @@ class LocalFeatureExtractor:
             for k in FEATURES:
                 parts[k].append(out[k])
         return {k: concatenate_freeing(v) for k, v in parts.items()}
+
+
+def cached_local(path: paths.PathLike | None, compute: Callable[[], dict[str, np.ndarray]]
+                 ) -> dict[str, np.ndarray]:
+    """``compute()`` of this process's rows once, kept as this process's own .npz next to
+    ``path`` (``probe_files.this_process_file``): each process writes and reads only its part,
+    straight to and from the workdir (a bucket included), never through another process.
+    A collective: the files are read only where every process has its own."""
+    if not path:
+        return compute()
+    path = this_process_file(paths.path(path))
+    if process_values(int(path.exists())).min() == 1:
+        return paths.load_npz(path)
+    arrays = compute()
+    paths.save_npz(path, arrays)  # atomic: a preempted write never leaves a truncated cache
+    return arrays
 
 
 def list_labels(batches: Iterable[dict], labels: list, image_key: str) -> Iterable[np.ndarray]:

@@ -10,7 +10,7 @@ import pytest
 
 from bbg_jax import checkpoint
 from bbg_jax.configs import load_experiment
-from bbg_jax.evaluation import diagnostics, evaluators, probe, report
+from bbg_jax.evaluation import diagnostics, evaluators, probe, report, sharded_probe
 from bbg_jax.evaluation.config import eval_config
 from bbg_jax.train_state import create_train_state
 
@@ -106,9 +106,11 @@ def test_report_reuses_the_probe_evaluators_features(tmp_path, monkeypatch):
     config, workdir, state = _smoke_checkpoint(tmp_path)
     batches = evaluators.dataset_batches(config, 16)
     extractions, calibrations = [], []
-    extract, calibrate = probe.FeatureExtractor.__call__, report.random_encoder_variables
-    monkeypatch.setattr(probe.FeatureExtractor, "__call__",
-                        lambda self, *a, **k: extractions.append(1) or extract(self, *a, **k))
+    calibrate = report.random_encoder_variables
+    # The evaluator's extractor (each process its part) and the report's (the whole split).
+    for cls in (sharded_probe.LocalFeatureExtractor, probe.FeatureExtractor):
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _call=cls.__call__, **k: (
+            extractions.append(1) or _call(self, *a, **k)))
     monkeypatch.setattr(report, "random_encoder_variables",
                         lambda *a, **k: calibrations.append(1) or calibrate(*a, **k))
 
