@@ -1,10 +1,11 @@
 """Where training writes its logs: TensorBoard events and ``metrics.jsonl``, local or in a bucket.
 
 TensorBoard events are written by clu's writer, whose files go through TensorFlow's own file
-layer. For a workdir in an object store the events are written to a local staging folder and
-the whole event file is copied into the workdir at each flush (what TensorFlow's GCS writer
-does anyway: an object cannot be appended to), so every byte under the workdir goes through
-``bbg_jax.paths``.
+layer. For a workdir in an object store the events are written to a local staging folder; at
+each flush the writer's event file is closed and uploaded once, and the next events go to a new
+file (an object cannot be appended to, and re-uploading a growing file, image sheets included,
+at every flush would cost the whole file each time). TensorBoard reads every event file of the
+folder. Every byte under the workdir goes through ``bbg_jax.paths``.
 
 ``metrics.jsonl`` (one JSON line per logged step, to compare runs without TensorBoard) is kept
 in memory and rewritten whole at each flush, for the same reason; a resumed run drops the lines
@@ -24,24 +25,35 @@ from bbg_jax import paths
 
 
 class _MirroredWriter:
-    """A clu writer on a local staging folder whose event files are copied at each flush."""
+    """A clu writer on a local staging folder; each flush closes its event file and uploads it
+    (once), and the next write opens a new one."""
 
     def __init__(self, workdir: str):
         self._staging = tempfile.mkdtemp(prefix="bbg_jax_events_")
         self._workdir = paths.path(workdir)
-        self._writer = metric_writers.create_default_writer(self._staging)
+        self._writer = None  # opened by the first write after a flush
+        self._uploaded: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:  # write_scalars, write_images, ...
+        if self._writer is None:
+            self._writer = metric_writers.create_default_writer(self._staging)
         return getattr(self._writer, name)
 
     def flush(self) -> None:
-        self._writer.flush()
-        for event_file in paths.path(self._staging).iterdir():
-            (self._workdir / event_file.name).write_bytes(event_file.read_bytes())
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        for event_file in sorted(paths.path(self._staging).iterdir()):
+            name = event_file.name
+            while name in self._uploaded:  # two files of one second and process
+                name += ".1"
+            (self._workdir / name).write_bytes(event_file.read_bytes())
+            self._uploaded.add(name)
+            event_file.unlink()
 
     def close(self) -> None:
         self.flush()
-        self._writer.close()
         shutil.rmtree(self._staging, ignore_errors=True)
 
 
