@@ -64,20 +64,27 @@ class Report:
     num_steps: int
     hours_at_utilisation: float
     compile_s: float
+    # The evaluation plan at the target (bbg_jax.evaluation.plan, default hosts): the largest
+    # host RAM an evaluator needs and the share of wall time all evaluators take.
+    eval_host_ram_bytes: float | None = None
+    eval_wall_share: float | None = None
 
     def table_row(self) -> str:
         """One row of docs/paper_configs.md's configuration table (markdown)."""
+        evaluation = ("not planned" if self.eval_wall_share is None else
+                      f"{self.eval_host_ram_bytes / 1e9:.0f} GB / {self.eval_wall_share:.1%}")
         return (f"| `{self.config}` | {self.target} ({self.num_devices} x {self.chip}) "
                 f"| {self.total_bytes / GIB:.1f} / {self.hbm_bytes / GIB:.0f} GiB "
                 f"| {self.compiled_flops_step / 1e15:.3f} / {self.analytic_flops_step / 1e15:.3f}"
                 f" | {self.step_s_at_peak:.3f} / {self.step_s_at_utilisation:.3f} "
-                f"| {self.hours_at_utilisation:.0f} |")
+                f"| {self.hours_at_utilisation:.0f} | {evaluation} |")
 
 
 TABLE_HEADER = (
     "| config | target | memory per chip (used / HBM) | PFLOP per step (compiled / analytic) "
-    f"| step s (100% / {DEFAULT_UTILISATION:.0%}) | hours for num_steps |\n"
-    "|---|---|---|---|---|---|"
+    f"| step s (100% / {DEFAULT_UTILISATION:.0%}) | hours for num_steps "
+    "| evaluation: host RAM / share of wall |\n"
+    "|---|---|---|---|---|---|---|"
 )
 
 
@@ -127,7 +134,7 @@ def render_table(json_dir: str, experiments_dir: str = "experiments") -> str:
             with open(path) as f:
                 lines.append(Report(**json.load(f)).table_row())
         else:
-            lines.append(f"| `{config_spec}` | {topology} | not compiled yet | | | |")
+            lines.append(f"| `{config_spec}` | {topology} | not compiled yet | | | | |")
     return "\n".join(lines)
 
 
@@ -281,7 +288,21 @@ def check(args: Args) -> Report:
         fits=total <= hbm, compiled_flops_step=flops_device * n,
         analytic_flops_step=analytic_step_flops(config), step_s_at_peak=at_peak,
         utilisation=args.utilisation, step_s_at_utilisation=at_util, num_steps=steps,
-        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s)
+        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s,
+        **evaluation_plan(config, args.config_spec, args.topology))
+
+
+def evaluation_plan(config: Any, config_spec: str, topology: str | None) -> dict[str, float]:
+    """The report's evaluation fields from ``bbg_jax.evaluation.plan`` (TPU topologies only)."""
+    if topology is None:
+        return {}
+    from bbg_jax.evaluation import plan
+
+    machine = plan.machine_for(topology, None)
+    costs = plan.evaluator_costs(config, machine)
+    step_s, _ = plan.step_seconds(config, machine, config_spec, topology)
+    return {"eval_host_ram_bytes": plan.host_ram_needed(costs),
+            "eval_wall_share": plan.wall_share(costs, step_s)}
 
 
 def format_report(r: Report) -> str:

@@ -42,8 +42,11 @@ def test_table_renders_reports_and_marks_missing_rows(tmp_path):
     assert table[:2] == compile_check.TABLE_HEADER.splitlines()
     [row] = [r for r in table if "table1.py:revnet`" in r]
     assert row == (f"| `{config}` | v5p:2x4x4 (32 x v5p) | 44.5 / 95 GiB | 1.100 / 1.200 "
-                   "| 0.075 / 0.188 | 26 |")
+                   "| 0.075 / 0.188 | 26 | not planned |")
     assert sum("not compiled yet" in r for r in table) == len(table) - 3
+    planned = dataclasses.replace(_report(config), eval_host_ram_bytes=47.2e9,
+                                  eval_wall_share=0.0437)
+    assert planned.table_row().endswith("| 26 | 47 GB / 4.4% |")
 
 
 def test_docs_table_is_the_rendered_one(monkeypatch):

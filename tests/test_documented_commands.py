@@ -70,6 +70,9 @@ RUN_BY = {
     "bbg_jax.compile_check": [
         "tests/test_experiments.py::test_compile_check_reports_and_fails_clearly"],
     "launch/compile_table.sh": [f"{THIS}::test_compile_table_sh_renders_the_docs_table"],
+    "bbg_jax.evaluation.plan": [
+        "tests/evaluation/test_plan.py::test_the_released_revnet_plan_fits_a_v5p_host_and_takes_a_small_share",
+        "tests/evaluation/test_plan.py::test_bad_command_lines_get_one_line"],
     "bbg_jax.models.summary": [
         "tests/test_configs.py::test_summary_cli_reports_biggan_reference_counts"],
     "launch/local.sh": [

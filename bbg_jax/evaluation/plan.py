@@ -305,6 +305,26 @@ def default_target(config_spec: str) -> str | None:
     return next((t for spec, t in paper_rows() if os.path.normpath(spec) == wanted), None)
 
 
+def fill_compile_table(json_dir: str) -> list[str]:
+    """Adds the evaluation plan's fields to every paper row's report in ``json_dir`` (the
+    ``evaluation`` column of docs/paper_configs.md); returns the rows updated."""
+    from bbg_jax import compile_check
+    from bbg_jax.configs import load_experiment
+
+    done = []
+    for spec, topology in compile_check.paper_rows():
+        path = os.path.join(json_dir, compile_check.row_filename(spec, topology))
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            row = json.load(f)
+        row.update(compile_check.evaluation_plan(load_experiment(spec), spec, topology))
+        with open(path, "w") as f:
+            json.dump(row, f, indent=1)  # as compile_check writes it
+        done.append(spec)
+    return done
+
+
 def main(argv: list[str]) -> int:
     """``python -m bbg_jax.evaluation.plan ARGS``; a bad command line: one line, exit 1."""
     import sys
@@ -312,6 +332,10 @@ def main(argv: list[str]) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    if len(argv) == 2 and argv[1].startswith("--compile_table="):
+        for spec in fill_compile_table(argv[1].split("=", 1)[1]):
+            print(f"planned {spec}")
+        return 0
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "experiments/<file>.py[:variant]; "
                                     "--config.<field>=<value> overrides.", flag_values=fv,
