@@ -64,8 +64,8 @@ class Report:
     num_steps: int
     hours_at_utilisation: float
     compile_s: float
-    # The evaluation plan at the target (bbg_jax.evaluation.plan, default hosts): the largest
-    # host RAM an evaluator needs and the share of wall time all evaluators take.
+    # The evaluation plan at the target (``python -m bbg_jax.evaluation.plan --compile_table``,
+    # default hosts): the largest host RAM an evaluator needs, the share of wall time all take.
     eval_host_ram_bytes: float | None = None
     eval_wall_share: float | None = None
 
@@ -288,21 +288,7 @@ def check(args: Args) -> Report:
         fits=total <= hbm, compiled_flops_step=flops_device * n,
         analytic_flops_step=analytic_step_flops(config), step_s_at_peak=at_peak,
         utilisation=args.utilisation, step_s_at_utilisation=at_util, num_steps=steps,
-        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s,
-        **evaluation_plan(config, args.config_spec, args.topology))
-
-
-def evaluation_plan(config: Any, config_spec: str, topology: str | None) -> dict[str, float]:
-    """The report's evaluation fields from ``bbg_jax.evaluation.plan`` (TPU topologies only)."""
-    if topology is None:
-        return {}
-    from bbg_jax.evaluation import plan
-
-    machine = plan.machine_for(topology, None)
-    costs = plan.evaluator_costs(config, machine)
-    step_s, _ = plan.step_seconds(config, machine, config_spec, topology)
-    return {"eval_host_ram_bytes": plan.host_ram_needed(costs),
-            "eval_wall_share": plan.wall_share(costs, step_s)}
+        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s)
 
 
 def format_report(r: Report) -> str:

@@ -36,4 +36,6 @@ export -f run_row
 export PY
 xargs -P "$JOBS" -L 1 bash -c 'run_row "$0" "$1" "'"$OUT"'"' <<<"$rows"
 
+# The evaluation column: each new row's evaluation plan (bbg_jax.evaluation.plan).
+"$PY" -m bbg_jax.evaluation.plan --compile_table="$OUT" >&2
 "$PY" -c 'import sys; from bbg_jax.compile_check import render_table; print(render_table(sys.argv[1]))' "$OUT"

@@ -305,9 +305,18 @@ def default_target(config_spec: str) -> str | None:
     return next((t for spec, t in paper_rows() if os.path.normpath(spec) == wanted), None)
 
 
+def report_fields(config, config_spec: str, topology: str, json_dir: str) -> dict[str, float]:
+    """A compile-table report's evaluation fields: the largest host RAM and the wall share."""
+    machine = machine_for(topology, None)
+    costs = evaluator_costs(config, machine)
+    step_s, _ = step_seconds(config, machine, config_spec, topology, json_dir)
+    return {"eval_host_ram_bytes": host_ram_needed(costs),
+            "eval_wall_share": wall_share(costs, step_s)}
+
+
 def fill_compile_table(json_dir: str) -> list[str]:
-    """Adds the evaluation plan's fields to every paper row's report in ``json_dir`` (the
-    ``evaluation`` column of docs/paper_configs.md); returns the rows updated."""
+    """Adds the evaluation plan's fields to every paper row's report in ``json_dir`` that lacks
+    them (the ``evaluation`` column of docs/paper_configs.md); returns the rows updated."""
     from bbg_jax import compile_check
     from bbg_jax.configs import load_experiment
 
@@ -318,7 +327,9 @@ def fill_compile_table(json_dir: str) -> list[str]:
             continue
         with open(path) as f:
             row = json.load(f)
-        row.update(compile_check.evaluation_plan(load_experiment(spec), spec, topology))
+        if row.get("eval_wall_share") is not None:
+            continue  # planned already (delete the fields to plan again)
+        row.update(report_fields(load_experiment(spec), spec, topology, json_dir))
         with open(path, "w") as f:
             json.dump(row, f, indent=1)  # as compile_check writes it
         done.append(spec)
