@@ -6,9 +6,9 @@
   its part of every split (ragged: 150 / 151 rows, a different number of batches): the metrics
   and classifier of one process on one device;
 * at RevNet-50x4's feature widths (8,192 + 16,384 floats per image, 8,192 images), two
-  processes x 4 devices: today's replicated path (``FeatureExtractor`` + ``probe_metrics``) and the sharded
-  one give the same metrics, and the sharded one's peak RSS per process stays under a ceiling
-  that the replicated one exceeds.
+  processes x 4 devices: today's replicated path (``FeatureExtractor`` + ``probe_metrics``)
+  and the sharded one give the same metrics, and the sharded one's peak RSS per process stays
+  under a ceiling that the replicated one exceeds.
 """
 
 import json
