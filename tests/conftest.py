@@ -1,8 +1,16 @@
-"""Test-wide settings: run JAX on the CPU with deterministic float32 matmuls."""
+"""Test-wide settings: run JAX on the CPU with deterministic float32 matmuls, compiled at
+LLVM optimisation level 0 (tests/xla_flags.py)."""
 
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))
+from xla_flags import TEST_XLA_FLAGS  # noqa: E402
+
+# The processes the tests start get it through xla_flags.cpu_devices; this one through XLA_FLAGS,
+# read when its first backend starts (after this file).
+os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import jax  # noqa: E402
 

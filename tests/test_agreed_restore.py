@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from xla_flags import cpu_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 FAIL_ENV = "BBG_JAX_TEST_FAIL_STEP_ON_PROCESS"  # "<step>:<process>": the child injects there
@@ -100,7 +101,7 @@ def test_two_processes_agree_on_the_older_step_when_one_cannot_read_the_newest(t
     _write_checkpoints(str(tmp_path))
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", FAIL_ENV: "6:1",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": cpu_devices(1)}
     began = time.monotonic()
     procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path), str(port), str(pid)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -42,6 +42,7 @@ from jax._src import cloud_tpu_init, xla_bridge
 from jax._src import distributed as jax_distributed
 from jax._src.clusters import cloud_tpu_cluster
 from jax._src.clusters import cluster as jax_cluster
+from xla_flags import cpu_devices
 
 from bbg_jax import sharding
 
@@ -483,7 +484,7 @@ def test_two_tpu_vm_workers_join_through_the_sharding_path(clean_env):
             # free port for jax's fixed 8482 (JAX_COORDINATOR_PORT, which jax reads).
             env = {**base, **tpu_worker_environment(), "GCE_METADATA_IP": server.address,
                    "JAX_COORDINATOR_PORT": str(port), "JAX_PLATFORMS": "cpu",
-                   "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                   "XLA_FLAGS": cpu_devices(2),
                    "NO_PROXY": "127.0.0.1,localhost"}
             # stderr apart: gloo's native lines would otherwise land inside the RESULT line.
             procs.append(subprocess.Popen([sys.executable, "-c", JOIN], cwd=ROOT, env=env,

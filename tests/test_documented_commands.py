@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xla_flags import TEST_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -261,7 +262,7 @@ def test_run_fashion_mnist_sh_trains_and_reports(tmp_path, compilation_cache):
     workdir = tmp_path / "fm"
     proc = run(["bash", "scripts/run_fashion_mnist.sh", str(workdir), *FASHION_MNIST_SHORT,
                 f"--config.train.compilation_cache_dir={compilation_cache}"],
-               env={"XLA_FLAGS": ""})  # the script's own 2 devices
+               env={"XLA_FLAGS": TEST_XLA_FLAGS})  # the script adds its own 2 devices
     out = proc.stdout + proc.stderr
     assert "setup: installing" not in out  # set up already: setup.sh is a no-op
     assert proc.stdout.rstrip().endswith(f"report: {workdir}/report.json"), proc.stdout[-2000:]

@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from xla_flags import cpu_devices
 
 from bbg_jax import checkpoint, sharding
 from bbg_jax.configs import load_experiment
@@ -55,7 +56,7 @@ def _start(workdir, devices: int, env_extra: dict, cache: str, *flags, faults=()
            ) -> subprocess.Popen:
     """``faults``: tests/loop_driver.py flags (the run then starts through the driver)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_MATMUL_PRECISION": "highest",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env_extra}
+           "XLA_FLAGS": cpu_devices(devices), **env_extra}
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         if k not in env_extra:
             env.pop(k, None)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from xla_flags import cpu_devices
 
 from bbg_jax import loop, sharding
 from bbg_jax.configs import load_experiment
@@ -157,7 +158,7 @@ if len(sys.argv) > 3:  # also save the state, as the loop does, for a restore el
 def _run_parity(tmp_path, devices, *workdir):
     out = tmp_path / f"parity_{devices}.npz"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": cpu_devices(devices)}
     subprocess.run([sys.executable, "-c", PARITY_SCRIPT, SMOKE, str(out), *map(str, workdir)],
                    check=True, env=env, cwd=ROOT, timeout=900)
     return np.load(out)
@@ -205,7 +206,7 @@ print("devices", len(jax.devices()), "flops_per_device", cost["flops"])
 @pytest.mark.slow  # ~2 minutes of XLA compile on 2 CPU cores
 def test_paper_base_train_step_compiles_on_eight_devices():
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+           "XLA_FLAGS": cpu_devices(8)}
     out = subprocess.run(
         [sys.executable, "-c", AOT_SCRIPT, str(ROOT / "experiments" / "bigbigan_imagenet128.py")],
         check=True, env=env, cwd=ROOT, timeout=1800, capture_output=True, text=True).stdout

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from xla_flags import cpu_devices
 
 from bbg_jax import checkpoint, sharding
 from bbg_jax.configs import model_config, train_config
@@ -426,7 +427,7 @@ def test_prior_under_the_steps_batch_sharding_on_two_devices():
     """The step's draw with a two-device mesh: z is split over the data axis like the batch,
     and every shard holds draws of the configured prior."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": cpu_devices(2)}
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, __file__], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

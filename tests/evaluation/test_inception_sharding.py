@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from xla_flags import cpu_devices  # noqa: E402
 
 SCRIPT = r"""
 import sys
@@ -27,7 +29,7 @@ np.savez(sys.argv[1], odd=odd, even=even, one=one, devices=f._fn.mesh.devices.si
 def test_split_features_equal_one_device(tmp_path):
     out = tmp_path / "features.npz"
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": cpu_devices(2)}
     subprocess.run([sys.executable, "-c", SCRIPT, str(out)], check=True, env=env, cwd=ROOT,
                    timeout=600)
     r = np.load(out)

@@ -26,6 +26,7 @@ from bbg_jax.evaluation import sharded_probe as sp
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from xla_flags import cpu_devices  # noqa: E402
 
 # Growth of a process's peak RSS (VmHWM) during the 24,576-wide probe, over its RSS just before.
 # Measured here (2 processes x 4 CPU devices, 8,192 + 2 x 512 images, two runs): the replicated
@@ -56,7 +57,7 @@ if jax.process_index() == 0:
 def _run(mode: str, tmp_path, processes: int = 1, devices: int = 2) -> dict:
     out = tmp_path / f"{mode}.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TESTS_DIR": str(ROOT / "tests" / "evaluation"),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": cpu_devices(devices)}
     if processes == 1:
         argv = [[sys.executable, "-c", CHILD, mode, str(out)]]
     else:
@@ -281,5 +282,10 @@ def test_revnet_width_probe_stays_under_a_ceiling_the_replicated_one_exceeds(tmp
           sharded["hwm_mb"])
     assert min(replicated["growth_mb"]) > CEILING_MB  # the ceiling means something
     assert max(sharded["growth_mb"]) < CEILING_MB
-    assert sharded["metrics"] == replicated["metrics"]
+    # The same L2 choices; accuracies within one of the 512 examples (4 devices sum the
+    # gradients in another order than one does; measured: equal, or 1 example apart).
+    assert sharded["metrics"].keys() == replicated["metrics"].keys()
+    for key, value in replicated["metrics"].items():
+        tolerance = 0.0 if key.startswith("probe_l2_") else 1.01 / 512
+        assert abs(sharded["metrics"][key] - value) <= tolerance, (key, sharded, replicated)
     assert replicated["metrics"]["probe_top1_bn_crelu_test"] > 0.3  # chance: 0.1
