@@ -1,20 +1,21 @@
-"""Test-wide settings: run JAX on the CPU with deterministic float32 matmuls, compiled at
-LLVM optimisation level 0 (tests/xla_flags.py)."""
+"""Test-wide settings: run JAX on the CPU with deterministic float32 matmuls; the processes the
+tests start compile at LLVM optimisation level 0 (tests/xla_flags.py)."""
 
 import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
+import jax  # noqa: E402
 from xla_flags import TEST_XLA_FLAGS  # noqa: E402
 
-# The processes the tests start get it through xla_flags.cpu_devices; this one through XLA_FLAGS,
-# read when its first backend starts (after this file).
-os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
-
-import jax  # noqa: E402
-
 jax.config.update("jax_default_matmul_precision", "highest")
+# This process keeps XLA's default optimisation: its own tests include the joint-term games,
+# hundreds of steps that run slower at level 0. The processes the tests start (short runs that
+# mostly compile) get level 0, through xla_flags.cpu_devices or the XLA_FLAGS they inherit, set
+# here once this process's backend has read its own.
+jax.devices()
+os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 
 import os as _os  # noqa: E402

@@ -36,7 +36,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from xla_flags import cpu_devices
 
 from bbg_jax import checkpoint, sharding
 from bbg_jax.configs import model_config, train_config
@@ -426,6 +425,8 @@ print("RESULT", json.dumps(out))
 def test_prior_under_the_steps_batch_sharding_on_two_devices():
     """The step's draw with a two-device mesh: z is split over the data axis like the batch,
     and every shard holds draws of the configured prior."""
+    from xla_flags import cpu_devices  # here: a child process imports this module alone
+
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": cpu_devices(2)}
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, __file__], cwd=ROOT, env=env,

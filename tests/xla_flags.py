@@ -1,11 +1,12 @@
 """XLA_FLAGS for the processes the tests start.
 
-XLA's compile time dominates this suite on a 2-core CPU: a narrow BigBiGAN step compiles in about
-30 s and then runs in 0.3 s. LLVM at optimisation level 0 compiles it in two thirds of that time
-and runs it as fast (the narrow shuffled-pairs run: first call 30 s -> 20.5 s, the next 31 steps
-11.9 s -> 10.9 s; docs/testing.md). It changes the machine code, not what the programs compute.
-``BBG_TEST_XLA_FLAGS`` replaces the setting (empty: XLA's defaults); tests/conftest.py applies it
-to the test processes themselves.
+Most of those processes are short runs (a few steps of the smoke config, an evaluation) whose
+time is XLA's compile on a 2-core CPU. LLVM at optimisation level 0 compiles in about two thirds
+of the time (a narrow BigBiGAN D step: first call 30 s -> 20.5 s) and changes the machine code,
+not what the programs compute. Steps of the encoder's ResNet run slower at level 0, so the test
+processes themselves, which run the joint-term games (hundreds of steps), keep XLA's default:
+tests/conftest.py sets XLA_FLAGS for the children only after its own backend has started.
+``BBG_TEST_XLA_FLAGS`` replaces the setting (empty: XLA's defaults everywhere); docs/testing.md.
 """
 
 import os
