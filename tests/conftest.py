@@ -11,9 +11,9 @@ from xla_flags import TEST_XLA_FLAGS  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # This process keeps XLA's default optimisation: its own tests include the joint-term games,
-# hundreds of steps that run slower at level 0. The processes the tests start (short runs that
-# mostly compile) get level 0, through xla_flags.cpu_devices or the XLA_FLAGS they inherit, set
-# here once this process's backend has read its own.
+# hundreds of steps each. The processes the tests start (short runs that mostly compile) get
+# level 0, through xla_flags.cpu_devices or the XLA_FLAGS they inherit, set here once this
+# process's backend has read its own.
 jax.devices()
 os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 

@@ -3,9 +3,9 @@
 Most of those processes are short runs (a few steps of the smoke config, an evaluation) whose
 time is XLA's compile on a 2-core CPU. LLVM at optimisation level 0 compiles in about two thirds
 of the time (a narrow BigBiGAN D step: first call 30 s -> 20.5 s) and changes the machine code,
-not what the programs compute. Steps of the encoder's ResNet run slower at level 0, so the test
-processes themselves, which run the joint-term games (hundreds of steps), keep XLA's default:
-tests/conftest.py sets XLA_FLAGS for the children only after its own backend has started.
+not what the programs compute. The test processes themselves, which run the joint-term games
+(hundreds of steps), keep XLA's default (the suite: 30 min 25 s so, 33 min 8 s with level 0
+everywhere): tests/conftest.py sets XLA_FLAGS for the children after its own backend started.
 ``BBG_TEST_XLA_FLAGS`` replaces the setting (empty: XLA's defaults everywhere); docs/testing.md.
 """
 
