@@ -167,8 +167,6 @@ class _Step:
         self.z_dim = config.model.z_dim
         peaks = learning_rates(config)
         self.schedules = {k: lr_schedule(v, t.warmup_steps) for k, v in peaks.items()}
-        if t.prior not in PRIORS:
-            raise ValueError(f"train.prior={t.prior!r}; choose one of {PRIORS}.")
         # Which weight-gradient the convolutions use (bbg_jax/models/conv.py): "auto" picks by the
         # platform the step runs on (the mesh's, so an AOT compile for a TPU topology gets XLA's).
         platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
