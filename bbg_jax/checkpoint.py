@@ -93,7 +93,9 @@ ADDED_KEYS = {"model.attention_impl": "dot_product", "model.remat": [], "model.b
               "model.encoder.root": "imagenet", "model.encoder.reversible_backprop": False,
               "model.generator.cbn_map_init": "zeros",
               "model.generator.single_embed_init": "normal",
-              "model.discriminator.joint_projection": "none"}
+              "model.discriminator.joint_projection": "none",
+              "model.generator.z_in_blocks": True, "model.discriminator.downsample": None,
+              "model.discriminator.conv_shortcut": "channels"}
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict, section: str

@@ -13,8 +13,9 @@ written or compiled: the one entry point ``bbg_jax.main`` runs, in both modes.
 
 Each raises ``ConfigError`` whose message is one line naming the field, its value and what is
 allowed (``train.prior='gaussian2': allowed 'gaussian', 'uniform'``). The sections' own checks
-are called from ``check``, not repeated: ``data.config.validate`` (the pipeline calls it too)
-and ``train_state.check_networks`` (model/loss combinations); ``loop.check_config`` is ``check``
+are called from ``check``, not repeated: ``models.build.check_model_config`` (``build_models``
+calls it too), ``data.config.validate`` (the pipeline calls it too) and
+``train_state.check_networks`` (model/loss combinations); ``loop.check_config`` is ``check``
 for library callers of ``train_and_evaluate``. docs/configuration_errors.md lists the messages
 for a table of bad inputs (tests/test_bad_configs.py keeps it current).
 """
@@ -40,6 +41,7 @@ from bbg_jax.configs import (
     check_number,
     check_str,
     config_error,
+    get_field,
     model_config,
     show,
     train_config,
@@ -47,15 +49,8 @@ from bbg_jax.configs import (
 from bbg_jax.data import config as data_config_lib
 from bbg_jax.evaluation import config as eval_config_lib
 from bbg_jax.evaluation.generation import BN_MODES, GENERATORS
-from bbg_jax.models import conv, layers
-from bbg_jax.models.build import DTYPES
-from bbg_jax.models.discriminator import BIGGAN_D_CHANNELS, JOINT_PROJECTIONS
-from bbg_jax.models.encoder import _TOTAL_STRIDE, ROOTS, VALID_TRUNKS
-from bbg_jax.models.generator import (
-    BIGGAN_DEEP_G_CHANNELS,
-    BIGGAN_G_CHANNELS,
-    SINGLE_EMBED_INITS,
-)
+from bbg_jax.models import conv
+from bbg_jax.models.build import check_model_config
 from bbg_jax.train import PRIORS
 from bbg_jax.train_state import check_networks
 
@@ -64,12 +59,7 @@ __all__ = ["ConfigError", "MODES", "check", "check_devices", "check_override", "
 
 MODES = ("train", "eval")
 SECTIONS = ("model", "data", "train", "eval")
-CONDITIONINGS = ("single", "class", "none")  # bbg_jax.models.generator.Generator
-REMAT_NETWORKS = ("G", "D", "E")
-
-
-def _get(section: Any, key: str, default: Any = MISSING) -> Any:
-    return section.get(key, default) if hasattr(section, "get") else MISSING
+_get = get_field
 
 
 # --- the config file and --config.x=y overrides ------------------------------------------------
@@ -157,107 +147,6 @@ def _check_known_fields(config: ml_collections.ConfigDict, schema: ml_collection
                 raise config_error(f"{prefix}{key}", value, "a section (ml_collections.ConfigDict)"
                                    f" with fields {', '.join(schema[key].keys())}")
             _check_known_fields(value, schema[key], f"{prefix}{key}.")
-
-
-def _check_int_sequence(field: str, value: Any, minimum: int, length: int | None = None,
-                        optional: bool = True) -> None:
-    if optional and value is None:
-        return
-    ok = (isinstance(value, (list, tuple)) and (length is None or len(value) == length)
-          and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-                  for v in value))
-    if not ok:
-        what = f"{length} integers" if length else "integers"
-        raise config_error(field, value, f"a tuple of {what} >= {minimum}"
-                           + (" or None" if optional else ""))
-
-
-def _check_model(m: Any) -> None:
-    g, d, e = _get(m, "generator"), _get(m, "discriminator"), _get(m, "encoder")
-    for name in ("generator", "discriminator", "encoder"):
-        if not isinstance(_get(m, name), ml_collections.ConfigDict):
-            raise config_error(f"model.{name}", _get(m, name), "a section, as "
-                               "bbg_jax.configs.model_config() builds it")
-    check_choice("model.dtype", _get(m, "dtype"), tuple(DTYPES))
-    check_int("model.z_dim", _get(m, "z_dim"), 1)
-    check_choice("model.image_channels", _get(m, "image_channels"), (1, 3))
-    check_number("model.bn_eps", _get(m, "bn_eps"), 0, low_open=True)
-    check_number("model.sn_eps", _get(m, "sn_eps"), 0, low_open=True)
-    check_choice("model.attention_impl", _get(m, "attention_impl", "dot_product"),
-                 layers.ATTENTION_IMPLS)
-    remat = _get(m, "remat", ())
-    if not (isinstance(remat, (list, tuple)) and set(remat) <= set(REMAT_NETWORKS)):
-        raise config_error("model.remat", remat, f"a subset of {REMAT_NETWORKS}")
-    check_int("model.bn_groups", _get(m, "bn_groups", 1), 1)
-
-    check_int("model.generator.ch", _get(g, "ch"), 1)
-    check_bool("model.generator.deep", _get(g, "deep"))
-    plans = BIGGAN_DEEP_G_CHANNELS if g.deep else BIGGAN_G_CHANNELS
-    res = _get(g, "resolution")
-    check_choice("model.generator.resolution", res, sorted(plans))
-    check_choice("model.generator.conditioning", _get(g, "conditioning"), CONDITIONINGS)
-    check_int("model.generator.num_classes", _get(g, "num_classes"), 1)
-    check_int("model.generator.embed_dim", _get(g, "embed_dim"), 1)
-    check_bool("model.generator.hierarchical_z", _get(g, "hierarchical_z"))
-    check_choice("model.generator.cbn_map_init", _get(g, "cbn_map_init", "zeros"),
-                 layers.CBN_MAP_INITS)
-    check_choice("model.generator.single_embed_init", _get(g, "single_embed_init", "normal"),
-                 SINGLE_EMBED_INITS)
-    check_number("model.generator.bn_momentum", _get(g, "bn_momentum"), 0, 1, high_open=True)
-    _check_int_sequence("model.generator.attention_resolutions",
-                        _get(g, "attention_resolutions", None), 1)
-    if g.hierarchical_z and not g.deep:
-        chunks = len(plans[res])  # one for the first layer, one per block
-        if m.z_dim % chunks:
-            raise config_error("model.z_dim", m.z_dim, f"a multiple of {chunks}",
-                               f"hierarchical_z splits z into {chunks} equal chunks at {res} px;"
-                               " or set model.generator.hierarchical_z=False")
-
-    check_int("model.discriminator.ch", _get(d, "ch"), 1)
-    check_bool("model.discriminator.deep", _get(d, "deep"))
-    check_choice("model.discriminator.resolution", _get(d, "resolution"),
-                 sorted(BIGGAN_D_CHANNELS))
-    if d.resolution != res:
-        raise config_error("model.discriminator.resolution", d.resolution, show(res),
-                           "= model.generator.resolution: D scores G's images")
-    _check_int_sequence("model.discriminator.attention_resolutions",
-                        _get(d, "attention_resolutions", None), 1)
-    check_int("model.discriminator.mlp_depth", _get(d, "mlp_depth"), 1)
-    check_int("model.discriminator.mlp_width", _get(d, "mlp_width"), 1)
-    check_int("model.discriminator.num_classes", _get(d, "num_classes"), 0)
-    check_choice("model.discriminator.joint_projection", _get(d, "joint_projection", "none"),
-                 JOINT_PROJECTIONS)
-
-    check_bool("model.encoder.enabled", _get(e, "enabled"))
-    if not e.enabled:
-        return
-    check_choice("model.encoder.trunk", _get(e, "trunk"), VALID_TRUNKS)
-    root = _get(e, "root", "imagenet")
-    check_choice("model.encoder.root", root, ROOTS)
-    width = _get(e, "width")
-    check_number("model.encoder.width", width, 0, low_open=True)
-    if not float(64 * width).is_integer():
-        raise config_error("model.encoder.width", width,
-                           "a number > 0 that makes 64 x width a whole number (0.25, 0.5, 1, 2,"
-                           " 4, ...)", "the trunk's root has 64 x width channels")
-    stride = _TOTAL_STRIDE[root]
-    check_int("model.encoder.resolution", _get(e, "resolution"), stride)
-    if e.resolution % stride:
-        raise config_error("model.encoder.resolution", e.resolution,
-                           f"a multiple of {stride}", f"the {root!r} root and trunk downsample "
-                           f"by {stride}; model.encoder.root='small' downsamples by 8")
-    check_int("model.encoder.mlp_depth", _get(e, "mlp_depth"), 1)
-    check_int("model.encoder.mlp_width", _get(e, "mlp_width"), 1)
-    check_bool("model.encoder.stochastic", _get(e, "stochastic"))
-    check_number("model.encoder.bn_momentum", _get(e, "bn_momentum"), 0, 1, high_open=True)
-    check_number("model.encoder.bn_eps", _get(e, "bn_eps"), 0, low_open=True)
-    _check_int_sequence("model.encoder.stage_depths", _get(e, "stage_depths", None), 1, 4)
-    reversible = _get(e, "reversible_backprop", False)
-    check_bool("model.encoder.reversible_backprop", reversible)
-    if reversible and not e.trunk.startswith("revnet"):
-        raise config_error("model.encoder.reversible_backprop", reversible, "False",
-                           f"model.encoder.trunk={e.trunk!r}: only a RevNet trunk reconstructs "
-                           "its activations")
 
 
 def _check_agreement(config: ml_collections.ConfigDict) -> None:
@@ -403,10 +292,10 @@ def check(config: ml_collections.ConfigDict, mode: str = "train",
                                "model, data, train (and eval)")
     if mode == "train":
         _check_known_fields(config, _schema())
-    _check_model(config.model)
+    check_model_config(config.model)
     data_config_lib.validate(config.data)
     _check_agreement(config)
-    check_networks(config)  # loss terms, encoder and discriminator kind together
+    check_networks(config)  # the loss terms the networks can train
     _check_train(config.train)
     _check_eval(config)
     if mode == "train":

@@ -89,6 +89,24 @@ def check_number(field: str, value: Any, low: float | None = None, high: float |
         raise config_error(field, value, allowed, why)
 
 
+def get_field(section: Any, key: str, default: Any = MISSING) -> Any:
+    """``section[key]`` (``default`` where absent); ``MISSING`` where ``section`` is no section."""
+    return section.get(key, default) if hasattr(section, "get") else MISSING
+
+
+def check_int_sequence(field: str, value: Any, minimum: int, length: int | None = None,
+                        optional: bool = True) -> None:
+    if optional and value is None:
+        return
+    ok = (isinstance(value, (list, tuple)) and (length is None or len(value) == length)
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                  for v in value))
+    if not ok:
+        what = f"{length} integers" if length else "integers"
+        raise config_error(field, value, f"a tuple of {what} >= {minimum}"
+                           + (" or None" if optional else ""))
+
+
 def check_bool(field: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise config_error(field, value, "True, False")
@@ -128,6 +146,9 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     g.num_classes = 1000  # only read when conditioning == "class"
     g.embed_dim = 128
     g.hierarchical_z = True
+    # Without hierarchical z: the whole z conditions every block's BN beside the embedding
+    # (compare_gan), or only the first linear layer (False: BigGAN-PyTorch without --hier).
+    g.z_in_blocks = True
     g.attention_resolutions = ml_collections.FieldReference(None, field_type=tuple)
     g.deep = False
     g.bn_momentum = 0.99  # [open]; G is evaluated with standing statistics anyway
@@ -145,6 +166,11 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     d.ch = ch
     d.deep = False
     d.attention_resolutions = ml_collections.FieldReference(None, field_type=tuple)
+    # BigGAN trunk only: which blocks downsample (None: all but the last, the published plan)
+    # and where a 1x1 shortcut conv replaces the identity: "channels" (where the channel count
+    # changes, compare_gan) or "channels_or_down" (also when downsampling, BigGAN-PyTorch).
+    d.downsample = ml_collections.FieldReference(None, field_type=tuple)
+    d.conv_shortcut = "channels"
     d.mlp_depth = 8  # H and J: [likely, open] 8 layers x 2048 with skip connections
     d.mlp_width = 2048
     d.num_classes = 0  # projection discriminator when kind == "gan" and > 0

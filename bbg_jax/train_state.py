@@ -25,7 +25,6 @@ import optax
 from bbg_jax.configs import MISSING, check_bool, check_choice, config_error
 from bbg_jax.losses import TERMS
 from bbg_jax.models import init_variables
-from bbg_jax.models.build import D_KINDS
 
 if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
     import ml_collections
@@ -139,8 +138,6 @@ def check_networks(config: ml_collections.ConfigDict) -> None:
     check_choice("train.loss_terms", terms, TERMS)
     has_e = config.model.encoder.get("enabled", MISSING)
     check_bool("model.encoder.enabled", has_e)
-    kind = config.model.discriminator.get("kind", MISSING)
-    check_choice("model.discriminator.kind", kind, D_KINDS)
     if has_e and terms == "x_only":
         raise config_error("train.loss_terms", terms,
                            ", ".join(repr(t) for t in TERMS if t != "x_only"),
@@ -150,8 +147,3 @@ def check_networks(config: ml_collections.ConfigDict) -> None:
         raise config_error("train.loss_terms", terms, "'x_only'",
                            "model.encoder.enabled=False: BigBiGAN terms need the encoder; "
                            "a plain GAN (no encoder, discriminator.kind='gan') uses 'x_only'")
-    want = "bigbigan" if has_e else "gan"
-    if kind != want:
-        raise config_error("model.discriminator.kind", kind, repr(want),
-                           f"model.encoder.enabled={has_e}: a 'bigbigan' D scores (x, z) pairs "
-                           "and needs the encoder; 'gan' scores x alone")

@@ -2,6 +2,7 @@
 ``scripts/vs_biggan_pytorch.py``; runs under a Python with torch, not bbg-jax's).
 
     TORCH_PYTHON scripts/biggan_pytorch_iteration.py PEER_DIR [key=value ...] [--dry_run]
+        [--count]
 
 PEER_DIR is a checkout of ajbrock/BigGAN-PyTorch (MIT; never copied into this project). Its
 ``train_fns.GAN_training_function`` is timed as ``train.py`` calls it: ``num_D_steps`` D updates
@@ -10,6 +11,9 @@ on real and generated batches, one G update, the EMA of G. Settings default to
 attention, 10 classes). The peer's own dependencies (torchvision, h5py, tqdm, pillow) must be
 installed. Prints one JSON line. ``--dry_run`` prints the settings and what this Python and
 PEER_DIR hold (torch importable? the peer's modules present?) as that line, without torch.
+``--count`` prints the models' parameter counts and analytic forward FLOPs per image (2 per
+multiply-add of every convolution and linear layer, as ``bbg_jax.flops`` counts) and times
+nothing.
 """
 
 import json
@@ -69,10 +73,34 @@ def environment(peer: str) -> dict:
                                            if not os.path.isfile(os.path.join(peer, m))]}
 
 
+def forward_flops(module, *inputs) -> float:
+    """2 x the multiply-adds of every Conv2d and Linear in ``module(*inputs)``, per input row."""
+    import torch
+
+    total = [0.0]
+
+    def hook(layer, args, out):
+        if isinstance(layer, torch.nn.Conv2d):
+            k = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+            total[0] += 2.0 * out.numel() * k
+        else:
+            total[0] += 2.0 * out.numel() * layer.in_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()
+               if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / inputs[0].shape[0]
+
+
 def main(argv):
     # --dry_run: the settings and the environment, no torch (tests, and a check before a run).
-    dry_run = "--dry_run" in argv
-    argv = [a for a in argv if a != "--dry_run"]
+    dry_run, count_only = "--dry_run" in argv, "--count" in argv
+    argv = [a for a in argv if a not in ("--dry_run", "--count")]
     if len(argv) < 2:
         sys.exit(__doc__)
     peer, overrides = argv[1], argv[2:]
@@ -102,6 +130,17 @@ def main(argv):
                          adam_eps=1e-8, BN_eps=1e-5, SN_eps=1e-8, **common)
     D = BigGAN.Discriminator(D_ch=s["D_ch"], D_attn="0", D_lr=2e-4, D_B1=0.0, D_B2=0.999,
                              adam_eps=1e-8, SN_eps=1e-8, **common)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    if count_only:
+        G.eval()
+        D.eval()
+        z = torch.randn(2, G.dim_z)
+        y = torch.randint(0, s["n_classes"], (2,))
+        x = torch.randn(2, 3, s["resolution"], s["resolution"])
+        print(json.dumps({"who": "BigGAN-PyTorch", "torch": torch.__version__,
+                          "G_params": count(G), "D_params": count(D),
+                          "G_flops": forward_flops(G, z, y), "D_flops": forward_flops(D, x, y)}))
+        return
     if s["channels_last"]:  # NHWC convolutions, as XLA's on CPU
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     GD = BigGAN.G_D(G, D)
@@ -132,7 +171,6 @@ def main(argv):
         train(x, y)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     print(json.dumps({"who": "BigGAN-PyTorch", "torch": torch.__version__,
                       "threads": s["threads"], "interop_threads": s["interop_threads"],
                       "channels_last": s["channels_last"],

@@ -2,7 +2,7 @@
 
     python scripts/vs_biggan_pytorch.py --peer=PATH/TO/BigGAN-PyTorch \
         --torch_python=PATH/TO/python-with-torch [--rounds=6] [--steps=5] [--threads=N]
-        [--dry_run]
+        [--dry_run] [--parity]
 
 The protocol, so that a ratio means something:
 * Every measurement is a fresh process pinned to the same ``--threads`` cores (``taskset``), in
@@ -26,6 +26,9 @@ The protocol, so that a ratio means something:
   labelled as such (the peer executes its own algorithm's FLOPs, which are not counted).
 ``--dry_run`` prints the protocol, the host, every command and the environment (the peer's
 ``--dry_run`` line: its settings, torch importable, the peer's modules) and times nothing.
+``--parity`` prints both sides' parameter counts and analytic forward FLOPs per image (the
+peer's counted by its ``--count`` mode, bbg-jax's by ``bbg_jax.flops``) and exits 1 where
+they differ by more than 1 %: the rows compare the same model only if this passes.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ _MAX_BUSY = flags.DEFINE_float("max_busy", 0.10, "Reject a round when the host w
 _MAX_STEAL = flags.DEFINE_float("max_steal", 0.02, "Reject a round when steal time exceeds "
                                 "this fraction of a measurement's CPU time.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the protocol and the environment only.")
+_PARITY = flags.DEFINE_bool("parity", False, "Compare both sides' parameter counts and "
+                            "analytic FLOPs (within 1 %) and time nothing.")
 
 # (row name, side, D steps per G step, what differs): the pairs are (row, the peer row with the
 # same D steps).
@@ -174,6 +179,53 @@ def analytic_flops(d_steps: int) -> float:
     return flops.train_step_flops(config)
 
 
+def bbg_jax_counts() -> dict[str, float]:
+    """bbg-jax's CIFAR model: parameters and analytic forward FLOPs per image of G and D."""
+    import jax
+
+    from bbg_jax import flops
+    from bbg_jax.configs import load_experiment
+    from bbg_jax.models import init_variables
+
+    config = load_experiment(str(ROOT / "experiments" / "biggan_cifar.py"))
+    shapes = jax.eval_shape(lambda: init_variables(config, jax.random.key(0), 2))
+    forward = flops.network_forward_flops(config, 1)
+    out: dict[str, float] = {}
+    for net in ("G", "D"):
+        out[f"{net}_params"] = sum(x.size for x in jax.tree.leaves(shapes[net]["params"]))
+        out[f"{net}_flops"] = forward[net]
+    return out
+
+
+PARITY_TOLERANCE = 0.01
+
+
+def parity_table(peer: dict, mine: dict) -> tuple[list[str], bool]:
+    """Markdown rows of both sides' counts, and whether every one agrees within 1 %."""
+    lines = ["| quantity | BigGAN-PyTorch | bbg-jax | difference |", "|---|---|---|---|"]
+    ok = True
+    for key in ("G_params", "D_params", "G_flops", "D_flops"):
+        diff = mine[key] / peer[key] - 1
+        ok &= abs(diff) <= PARITY_TOLERANCE
+        lines.append(f"| {key} | {peer[key]:,.0f} | {mine[key]:,.0f} | {diff:+.3%} |")
+    return lines, ok
+
+
+def parity() -> None:
+    peer_cmd, env = command("peer", 1, {})
+    out = subprocess.run([*peer_cmd, "--count"], capture_output=True, text=True,
+                         env={**env, "PATH": os.environ.get("PATH", "")})
+    if out.returncode:
+        sys.exit(f"the peer script's --count under {_TORCH_PYTHON.value} failed:\n"
+                 f"{out.stderr[-2000:]}")
+    lines, ok = parity_table(_last_json(out.stdout), bbg_jax_counts())
+    print("\n".join(lines))
+    print("parity: every count within 1 %" if ok else "NOT THE SAME MODEL: a count differs "
+          "by more than 1 %")
+    if not ok:
+        sys.exit(1)
+
+
 def protocol_lines() -> list[str]:
     lines = [f"protocol: {_ROUNDS.value} rounds in ABBA order (odd rounds reversed), each row a "
              f"fresh process pinned to {_THREADS.value} cores; {_STEPS.value} timed "
@@ -227,6 +279,9 @@ def main(argv):
     print(json.dumps({"host": host(), "jax": jax.__version__}), flush=True)
     if _DRY_RUN.value:
         dry_run()
+        return
+    if _PARITY.value:
+        parity()
         return
     rows: list[dict] = []
     for k in range(_ROUNDS.value):

@@ -77,8 +77,8 @@ def test_biggan_config_has_no_encoder():
 @pytest.mark.parametrize("field,value,message", [
     ("model.dtype", "float16", "model.dtype"),
     ("model.discriminator.kind", "wgan", "model.discriminator.kind"),
-    ("model.discriminator.resolution", 64, "must equal"),
-    ("model.encoder.enabled", False, "needs an encoder"),
+    ("model.discriminator.resolution", 64, "model.discriminator.resolution=64: allowed 32"),
+    ("model.encoder.enabled", False, "needs the encoder"),
 ])
 def test_bad_config_values_are_named(field, value, message):
     config = load("smoke")

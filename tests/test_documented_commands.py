@@ -12,6 +12,7 @@ what the program writes or prints, not only its exit status.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import json
 import os
@@ -178,6 +179,7 @@ def run(cmd: list[str], *, env: dict | None = None, cwd: Path = ROOT, timeout: i
     return proc
 
 
+@functools.cache  # once per process: a script's absl flags cannot be defined twice
 def load_script(name: str):
     """A script of scripts/ as a module (its functions, without running its main)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
@@ -488,6 +490,27 @@ def test_vs_biggan_pytorch_pairs_ratios_within_clean_rounds():
                   "images_per_s": jax_row, "noisy": noisy}]
     assert vs.paired_ratios(rows) == {"BigGAN-PyTorch": [1.0, 1.0],
                                       "bbg-jax as shipped": [1.5, 1.2]}
+
+
+# BigGAN-PyTorch's CIFAR model (scripts/launch_cifar_ema.sh, commit 98459431), counted by
+# `scripts/biggan_pytorch_iteration.py PEER --count` under torch 2.13.0+cpu (no torch here).
+PEER_CIFAR_COUNTS = {"G_params": 4_304_387, "D_params": 4_207_361,
+                     "G_flops": 3_362_258_944, "D_flops": 2_162_033_152}
+
+
+def test_the_cifar_model_is_the_peers():
+    """``--parity``'s bbg-jax side against the peer's counts: D's parameters equal, G's differ
+    by the 10 x 10 class table (BigGAN-PyTorch feeds the one-hot class to each BN's maps), and
+    forward FLOPs within 1 % (bbg-jax's count adds spectral norm's sigma, one matvec per weight
+    per call, counted at batch 1)."""
+    vs = load_script("vs_biggan_pytorch")
+    mine = vs.bbg_jax_counts()
+    lines, ok = vs.parity_table(PEER_CIFAR_COUNTS, mine)
+    print("\n".join(lines))
+    assert ok, lines
+    assert mine["D_params"] == PEER_CIFAR_COUNTS["D_params"]
+    assert mine["G_params"] == PEER_CIFAR_COUNTS["G_params"] + 10 * 10
+    assert not vs.parity_table(PEER_CIFAR_COUNTS, {**mine, "D_flops": mine["D_flops"] * 1.02})[1]
 
 
 def test_biggan_pytorch_iteration_dry_run_and_bad_settings(tmp_path):

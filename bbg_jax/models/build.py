@@ -7,10 +7,11 @@ The model section of every experiment config (``config.model``) has this shape::
     model.image_channels   3 (or 1 for grayscale data)
     model.bn_eps, model.sn_eps
     model.generator        resolution, ch, conditioning, num_classes, embed_dim, hierarchical_z,
-                           attention_resolutions, deep, bn_momentum
+                           z_in_blocks, attention_resolutions, deep, bn_momentum
     model.encoder          enabled, trunk, width, resolution, mlp_depth, mlp_width, stochastic,
                            bn_momentum, bn_eps, stage_depths (None = the published depths)
     model.discriminator    kind ("bigbigan" | "gan"), resolution, ch, deep, attention_resolutions,
+                           downsample, conv_shortcut (the BigGAN trunk's plan),
                            mlp_depth, mlp_width, num_classes (projection D when kind == "gan"),
                            joint_projection ("none" | "feature_map", kind == "bigbigan")
 """
@@ -23,16 +24,39 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bbg_jax.configs import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_number,
+    config_error,
+    get_field,
+    show,
+)
 from bbg_jax.models import layers
-from bbg_jax.models.discriminator import BigBiGANDiscriminator, GANDiscriminator
-from bbg_jax.models.encoder import Encoder
-from bbg_jax.models.generator import Generator
+from bbg_jax.models.discriminator import (
+    BIGGAN_D_CHANNELS,
+    CONV_SHORTCUTS,
+    JOINT_PROJECTIONS,
+    BigBiGANDiscriminator,
+    GANDiscriminator,
+)
+from bbg_jax.models.encoder import _TOTAL_STRIDE, ROOTS, VALID_TRUNKS, Encoder
+from bbg_jax.models.generator import (
+    BIGGAN_DEEP_G_CHANNELS,
+    BIGGAN_G_CHANNELS,
+    SINGLE_EMBED_INITS,
+    Generator,
+)
 
 if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
     import ml_collections
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 D_KINDS = ("bigbigan", "gan")
+CONDITIONINGS = ("single", "class", "none")  # Generator.conditioning
+REMAT_NETWORKS = ("G", "D", "E")
 
 
 def compute_dtype(name: str) -> Any:
@@ -45,6 +69,122 @@ def _attention(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(r) for r in value)
 
 
+def check_model_config(m: Any) -> None:
+    """The model section's rules, one ``ConfigError`` line per violation (field, value, what is
+    allowed). ``bbg_jax.config_checks`` runs them before any compile; ``build_models`` runs them
+    for a config built by hand."""
+    g, d, e = get_field(m, "generator"), get_field(m, "discriminator"), get_field(m, "encoder")
+    for name in ("generator", "discriminator", "encoder"):
+        if not (hasattr(get_field(m, name), "get") and hasattr(get_field(m, name), "keys")):
+            raise config_error(f"model.{name}", get_field(m, name), "a section, as "
+                               "bbg_jax.configs.model_config() builds it")
+    check_choice("model.dtype", get_field(m, "dtype"), tuple(DTYPES))
+    check_int("model.z_dim", get_field(m, "z_dim"), 1)
+    check_choice("model.image_channels", get_field(m, "image_channels"), (1, 3))
+    check_number("model.bn_eps", get_field(m, "bn_eps"), 0, low_open=True)
+    check_number("model.sn_eps", get_field(m, "sn_eps"), 0, low_open=True)
+    check_choice("model.attention_impl", get_field(m, "attention_impl", "dot_product"),
+                 layers.ATTENTION_IMPLS)
+    remat = get_field(m, "remat", ())
+    if not (isinstance(remat, (list, tuple)) and set(remat) <= set(REMAT_NETWORKS)):
+        raise config_error("model.remat", remat, f"a subset of {REMAT_NETWORKS}")
+    check_int("model.bn_groups", get_field(m, "bn_groups", 1), 1)
+
+    check_int("model.generator.ch", get_field(g, "ch"), 1)
+    check_bool("model.generator.deep", get_field(g, "deep"))
+    plans = BIGGAN_DEEP_G_CHANNELS if g.deep else BIGGAN_G_CHANNELS
+    res = get_field(g, "resolution")
+    check_choice("model.generator.resolution", res, sorted(plans))
+    check_choice("model.generator.conditioning", get_field(g, "conditioning"), CONDITIONINGS)
+    check_int("model.generator.num_classes", get_field(g, "num_classes"), 1)
+    check_int("model.generator.embed_dim", get_field(g, "embed_dim"), 1)
+    check_bool("model.generator.hierarchical_z", get_field(g, "hierarchical_z"))
+    check_choice("model.generator.cbn_map_init", get_field(g, "cbn_map_init", "zeros"),
+                 layers.CBN_MAP_INITS)
+    check_choice("model.generator.single_embed_init", get_field(g, "single_embed_init", "normal"),
+                 SINGLE_EMBED_INITS)
+    check_number("model.generator.bn_momentum", get_field(g, "bn_momentum"), 0, 1, high_open=True)
+    check_int_sequence("model.generator.attention_resolutions",
+                        get_field(g, "attention_resolutions", None), 1)
+    z_in_blocks = get_field(g, "z_in_blocks", True)
+    check_bool("model.generator.z_in_blocks", z_in_blocks)
+    if not z_in_blocks and (g.hierarchical_z or g.conditioning == "none") and not g.deep:
+        raise config_error("model.generator.z_in_blocks", z_in_blocks, "True",
+                           "without it the blocks see the embedding alone, which needs "
+                           "hierarchical_z=False and conditioning 'class' or 'single'")
+    if g.hierarchical_z and not g.deep:
+        chunks = len(plans[res])  # one for the first layer, one per block
+        if m.z_dim % chunks:
+            raise config_error("model.z_dim", m.z_dim, f"a multiple of {chunks}",
+                               f"hierarchical_z splits z into {chunks} equal chunks at {res} px;"
+                               " or set model.generator.hierarchical_z=False")
+
+    check_int("model.discriminator.ch", get_field(d, "ch"), 1)
+    check_bool("model.discriminator.deep", get_field(d, "deep"))
+    check_choice("model.discriminator.resolution", get_field(d, "resolution"),
+                 sorted(BIGGAN_D_CHANNELS))
+    if d.resolution != res:
+        raise config_error("model.discriminator.resolution", d.resolution, show(res),
+                           "= model.generator.resolution: D scores G's images")
+    check_int_sequence("model.discriminator.attention_resolutions",
+                        get_field(d, "attention_resolutions", None), 1)
+    downsample = get_field(d, "downsample", None)
+    conv_shortcut = get_field(d, "conv_shortcut", "channels")
+    if d.deep and (downsample is not None or conv_shortcut != "channels"):
+        raise config_error("model.discriminator.deep", d.deep, "False",
+                           "downsample and conv_shortcut shape the BigGAN trunk only")
+    blocks = len(BIGGAN_D_CHANNELS[d.resolution])
+    if downsample is not None and not (
+            isinstance(downsample, (list, tuple)) and len(downsample) == blocks
+            and all(isinstance(b, bool) for b in downsample)):
+        raise config_error("model.discriminator.downsample", downsample,
+                           f"None or {blocks} booleans (one per block at {d.resolution} px)")
+    check_choice("model.discriminator.conv_shortcut", conv_shortcut, CONV_SHORTCUTS)
+    check_int("model.discriminator.mlp_depth", get_field(d, "mlp_depth"), 1)
+    check_int("model.discriminator.mlp_width", get_field(d, "mlp_width"), 1)
+    check_int("model.discriminator.num_classes", get_field(d, "num_classes"), 0)
+    check_choice("model.discriminator.joint_projection", get_field(d, "joint_projection", "none"),
+                 JOINT_PROJECTIONS)
+
+    check_bool("model.encoder.enabled", get_field(e, "enabled"))
+    kind = get_field(d, "kind")
+    check_choice("model.discriminator.kind", kind, D_KINDS)
+    want = "bigbigan" if e.enabled else "gan"
+    if kind != want:
+        raise config_error("model.discriminator.kind", kind, repr(want),
+                           f"model.encoder.enabled={e.enabled}: a 'bigbigan' D scores (x, z) "
+                           "pairs and needs the encoder; 'gan' scores x alone")
+    if not e.enabled:
+        return
+    check_choice("model.encoder.trunk", get_field(e, "trunk"), VALID_TRUNKS)
+    root = get_field(e, "root", "imagenet")
+    check_choice("model.encoder.root", root, ROOTS)
+    width = get_field(e, "width")
+    check_number("model.encoder.width", width, 0, low_open=True)
+    if not float(64 * width).is_integer():
+        raise config_error("model.encoder.width", width,
+                           "a number > 0 that makes 64 x width a whole number (0.25, 0.5, 1, 2,"
+                           " 4, ...)", "the trunk's root has 64 x width channels")
+    stride = _TOTAL_STRIDE[root]
+    check_int("model.encoder.resolution", get_field(e, "resolution"), stride)
+    if e.resolution % stride:
+        raise config_error("model.encoder.resolution", e.resolution,
+                           f"a multiple of {stride}", f"the {root!r} root and trunk downsample "
+                           f"by {stride}; model.encoder.root='small' downsamples by 8")
+    check_int("model.encoder.mlp_depth", get_field(e, "mlp_depth"), 1)
+    check_int("model.encoder.mlp_width", get_field(e, "mlp_width"), 1)
+    check_bool("model.encoder.stochastic", get_field(e, "stochastic"))
+    check_number("model.encoder.bn_momentum", get_field(e, "bn_momentum"), 0, 1, high_open=True)
+    check_number("model.encoder.bn_eps", get_field(e, "bn_eps"), 0, low_open=True)
+    check_int_sequence("model.encoder.stage_depths", get_field(e, "stage_depths", None), 1, 4)
+    reversible = get_field(e, "reversible_backprop", False)
+    check_bool("model.encoder.reversible_backprop", reversible)
+    if reversible and not e.trunk.startswith("revnet"):
+        raise config_error("model.encoder.reversible_backprop", reversible, "False",
+                           f"model.encoder.trunk={e.trunk!r}: only a RevNet trunk reconstructs "
+                           "its activations")
+
+
 def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True
                  ) -> dict[str, nn.Module]:
     """Returns {"G": ..., "D": ...} plus "E" when the encoder is enabled.
@@ -55,20 +195,16 @@ def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True
     the stored state (the trainer's D update runs G and E so, through ``module.clone``).
     """
     m = config.model
+    check_model_config(m)
     dtype = compute_dtype(m.dtype)
     remat = tuple(m.get("remat", ()))
-    if not set(remat) <= {"G", "D", "E"}:
-        raise ValueError(f"model.remat={remat!r} names networks whose blocks are "
-                         "rematerialised: a subset of ('G', 'D', 'E').")
     attention_impl = m.get("attention_impl", "dot_product")
-    if attention_impl not in layers.ATTENTION_IMPLS:
-        raise ValueError(f"model.attention_impl={attention_impl!r}; use one of "
-                         f"{layers.ATTENTION_IMPLS}.")
     g, d, e = m.generator, m.discriminator, m.encoder
     models: dict[str, nn.Module] = {
         "G": Generator(
             resolution=g.resolution, ch=g.ch, z_dim=m.z_dim, conditioning=g.conditioning,
             num_classes=g.num_classes, embed_dim=g.embed_dim, hierarchical_z=g.hierarchical_z,
+            z_in_blocks=g.get("z_in_blocks", True),
             attention_resolutions=_attention(g.attention_resolutions), deep=g.deep,
             out_channels=m.image_channels, bn_eps=m.bn_eps, bn_momentum=g.bn_momentum,
             sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl, remat="G" in remat,
@@ -79,28 +215,19 @@ def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True
             update_state=update_state,
         )
     }
-    if d.resolution != g.resolution:
-        raise ValueError(
-            f"model.discriminator.resolution ({d.resolution}) must equal "
-            f"model.generator.resolution ({g.resolution}): D scores G's images."
-        )
     common_d = dict(resolution=d.resolution, ch=d.ch, deep=d.deep,
                     attention_resolutions=_attention(d.attention_resolutions),
                     sn_eps=m.sn_eps, dtype=dtype, attention_impl=attention_impl,
-                    remat="D" in remat, update_state=update_state)
+                    remat="D" in remat, update_state=update_state,
+                    downsample=(None if d.get("downsample") is None
+                                else tuple(bool(b) for b in d.downsample)),
+                    conv_shortcut=d.get("conv_shortcut", "channels"))
     if d.kind == "bigbigan":
-        if not e.enabled:
-            raise ValueError(
-                "model.discriminator.kind='bigbigan' scores (x, z) pairs and needs an encoder: "
-                "set model.encoder.enabled=True, or use kind='gan' for a plain BigGAN."
-            )
         models["D"] = BigBiGANDiscriminator(
             mlp_depth=d.mlp_depth, mlp_width=d.mlp_width,
             joint_projection=d.get("joint_projection", "none"), **common_d)
-    elif d.kind == "gan":
-        models["D"] = GANDiscriminator(num_classes=d.num_classes, **common_d)
     else:
-        raise ValueError(f"model.discriminator.kind={d.kind!r}; use one of {D_KINDS}.")
+        models["D"] = GANDiscriminator(num_classes=d.num_classes, **common_d)
     if e.enabled:
         models["E"] = Encoder(
             trunk=e.trunk, width=e.width, z_dim=m.z_dim, mlp_depth=e.mlp_depth,

@@ -48,6 +48,7 @@ BIGGAN_DEEP_D_CHANNELS = {
     256: (1, 2, 2, 4, 4) + 4 * (8,) + 4 * (16,),
     512: (1, 1, 1, 2, 2, 4, 4) + 4 * (8,) + 4 * (16,),
 }
+CONV_SHORTCUTS = ("channels", "channels_or_down")
 # Resolutions (of the block output) followed by self-attention; see generator.DEFAULT_ATTENTION.
 DEFAULT_ATTENTION = {32: (), 64: (32,), 128: (64,), 256: (64,), 512: (64,)}
 
@@ -58,7 +59,8 @@ def downsample(x: Array) -> Array:
 
 
 class DBlock(nn.Module):
-    """BigGAN D block: [ReLU]→conv3→ReLU→conv3→[avgpool]; shortcut conv1 (+pool) when needed."""
+    """BigGAN D block: [ReLU]→conv3→ReLU→conv3→[avgpool]; shortcut conv1 (+pool) where the
+    channel count changes, and in every downsampling block with ``conv_shortcut_when_down``."""
 
     out_channels: int
     down: bool
@@ -68,6 +70,7 @@ class DBlock(nn.Module):
     param_dtype: Any = jnp.float32
     update_state: bool = True
     conv_impl: str | None = None
+    conv_shortcut_when_down: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -82,7 +85,8 @@ class DBlock(nn.Module):
             h = downsample(h)
         # Shortcut: a 1x1 conv where the channel count changes. On the raw image (first block)
         # pool before the conv, elsewhere after it (BigGAN-PyTorch's order; same linear map).
-        learnable = x.shape[-1] != self.out_channels
+        learnable = (x.shape[-1] != self.out_channels
+                     or (self.down and self.conv_shortcut_when_down))
         skip = x
         if self.down and not self.preactivation:
             skip = downsample(skip)
@@ -129,7 +133,14 @@ class DDeepBlock(nn.Module):
 
 
 class DTrunk(nn.Module):
-    """F: the BigGAN discriminator trunk. Returns the pooled feature, (N, 16·ch) float32."""
+    """F: the BigGAN discriminator trunk. Returns the pooled feature, (N, 16·ch) float32.
+
+    ``downsample`` (one bool per block; None: every block but the last, the published plan)
+    and ``conv_shortcut`` ("channels": a 1×1 shortcut convolution where the channel count
+    changes, as compare_gan; "channels_or_down": also in every downsampling block, as
+    BigGAN-PyTorch) apply to the BigGAN trunk, not BigGAN-deep's. BigGAN-PyTorch's 32-px D
+    is ``downsample=(True, True, False, False)`` with "channels_or_down".
+    """
 
     resolution: int = 128
     ch: int = 96
@@ -144,6 +155,8 @@ class DTrunk(nn.Module):
     param_dtype: Any = jnp.float32
     update_state: bool = True
     conv_impl: str | None = None
+    downsample: tuple[bool, ...] | None = None
+    conv_shortcut: str = "channels"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array | tuple[Array, Array]:
@@ -165,6 +178,9 @@ class DTrunk(nn.Module):
                   conv_impl=self.conv_impl)
         h = x.astype(self.dtype)
         size = self.resolution
+        if self.deep and (self.downsample is not None or self.conv_shortcut != "channels"):
+            raise ValueError("downsample and conv_shortcut shape the BigGAN trunk; BigGAN-deep's "
+                             "blocks keep their own plan (deep=False to set them).")
         if self.deep:
             ins = [self.ch * m for m in mult[:-1]]
             outs = [self.ch * m for m in mult[1:]]
@@ -183,10 +199,19 @@ class DTrunk(nn.Module):
             pooled = jnp.mean(fmap, axis=(1, 2))
             return (pooled, fmap) if self.return_map else pooled
         outs = [self.ch * m for m in mult]
-        for i, c in enumerate(outs):
-            down = i < len(outs) - 1  # the last block keeps its resolution
+        # The published plan: the last block keeps its resolution.
+        downs = (tuple(i < len(outs) - 1 for i in range(len(outs))) if self.downsample is None
+                 else tuple(self.downsample))
+        if len(downs) != len(outs):
+            raise ValueError(f"downsample={self.downsample!r} needs one entry per block: "
+                             f"{len(outs)} at {self.resolution} px.")
+        if self.conv_shortcut not in CONV_SHORTCUTS:
+            raise ValueError(f"conv_shortcut={self.conv_shortcut!r}; use one of "
+                             f"{CONV_SHORTCUTS}.")
+        for i, (c, down) in enumerate(zip(outs, downs, strict=True)):
             block = layers.maybe_remat(DBlock, self.remat, 2)
             h = block(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,
+                      conv_shortcut_when_down=self.conv_shortcut == "channels_or_down",
                       name=f"block_{i}", **kw)(h, train)
             size //= 2 if down else 1
             if down and size in attention:
@@ -213,7 +238,8 @@ class GANDiscriminator(nn.Module):
     Fields: resolution, ch (channel multiplier), deep (BigGAN-deep), attention_resolutions
     (None: the published positions), num_classes (0: unconditional), sn_eps, dtype (compute),
     param_dtype (the ``params`` collection's dtype), attention_impl, remat (recompute each
-    block in the backward pass), update_state and conv_impl (as ``Generator``'s).
+    block in the backward pass), update_state and conv_impl (as ``Generator``'s), downsample
+    and conv_shortcut (``DTrunk``'s).
     """
 
     resolution: int = 128
@@ -228,6 +254,8 @@ class GANDiscriminator(nn.Module):
     param_dtype: Any = jnp.float32
     update_state: bool = True
     conv_impl: str | None = None
+    downsample: tuple[bool, ...] | None = None
+    conv_shortcut: str = "channels"
 
     @nn.compact
     def __call__(self, x: Array, label: Array | None = None, train: bool = True
@@ -235,7 +263,8 @@ class GANDiscriminator(nn.Module):
         kw = dict(param_dtype=self.param_dtype, update_state=self.update_state)
         feat = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
                       self.sn_eps, self.dtype, self.attention_impl, self.remat, name="F",
-                      conv_impl=self.conv_impl, **kw)(x, train)
+                      conv_impl=self.conv_impl, downsample=self.downsample,
+                      conv_shortcut=self.conv_shortcut, **kw)(x, train)
         score = layers.SNDense(1, sn_eps=self.sn_eps, name="head_x", **kw)(feat, train)[:, 0]
         if self.num_classes > 0:
             if label is None:
@@ -262,8 +291,9 @@ class BigBiGANDiscriminator(nn.Module):
     training passes need ``mutable=["spectral"]``.
 
     Fields: resolution, ch, deep, attention_resolutions, sn_eps, dtype, param_dtype,
-    attention_impl, remat, update_state and conv_impl as ``GANDiscriminator``'s; mlp_depth and
-    mlp_width (H and J); joint_projection (one of ``JOINT_PROJECTIONS``).
+    attention_impl, remat, update_state, conv_impl, downsample and conv_shortcut as
+    ``GANDiscriminator``'s; mlp_depth and mlp_width (H and J); joint_projection (one of
+    ``JOINT_PROJECTIONS``).
 
     ``joint_projection="feature_map"`` (a departure; default "none", the paper) adds to s_xz a
     bilinear term ⟨P·vec(F_map(x)), H(z)⟩ between F's last feature map before pooling and H(z),
@@ -293,6 +323,8 @@ class BigBiGANDiscriminator(nn.Module):
     param_dtype: Any = jnp.float32
     update_state: bool = True
     conv_impl: str | None = None
+    downsample: tuple[bool, ...] | None = None
+    conv_shortcut: str = "channels"
 
     @nn.compact
     def __call__(self, x: Array, z: Array, train: bool = True) -> dict[str, Array]:
@@ -309,7 +341,8 @@ class BigBiGANDiscriminator(nn.Module):
         on_map = self.joint_projection == "feature_map"
         fx = DTrunk(self.resolution, self.ch, self.deep, self.attention_resolutions,
                     self.sn_eps, self.dtype, self.attention_impl, self.remat,
-                    return_map=on_map, name="F", conv_impl=self.conv_impl, **kw)(x, train)
+                    return_map=on_map, name="F", conv_impl=self.conv_impl,
+                    downsample=self.downsample, conv_shortcut=self.conv_shortcut, **kw)(x, train)
         if on_map:
             fx, projected = fx
         elif self.joint_projection == "image":

@@ -171,6 +171,9 @@ class Generator(nn.Module):
       embed_dim: size of the label embedding (128 in BigGAN).
       hierarchical_z: split z into chunks: chunk 0 feeds the first linear layer, chunk i the
         i-th block's conditional BN (with the embedding). BigGAN-deep ignores it (z unchunked).
+      z_in_blocks: without hierarchical z, whether the whole z also conditions every block's
+        BN beside the embedding (compare_gan) or the blocks see the embedding alone (False:
+        BigGAN-PyTorch without ``--hier``, whose z reaches the first linear layer only).
       attention_resolutions: output resolutions of the blocks followed by self-attention
         (None = the published positions for this resolution).
       deep: BigGAN-deep architecture.
@@ -198,6 +201,7 @@ class Generator(nn.Module):
     num_classes: int = 1000
     embed_dim: int = 128
     hierarchical_z: bool = True
+    z_in_blocks: bool = True
     attention_resolutions: tuple[int, ...] | None = None
     deep: bool = False
     out_channels: int = 3
@@ -258,6 +262,9 @@ class Generator(nn.Module):
             z0 = cat(z, e)
             conds = [z0] * len(ins)
         elif self.hierarchical_z:
+            if not self.z_in_blocks:
+                raise ValueError("z_in_blocks=False needs hierarchical_z=False: hierarchical z "
+                                 "conditions each block on its own chunk.")
             n_chunks = len(ins) + 1
             if self.z_dim % n_chunks:
                 raise ValueError(
@@ -268,8 +275,13 @@ class Generator(nn.Module):
                 )
             chunks = jnp.split(z, n_chunks, axis=-1)
             z0, conds = chunks[0], [cat(c, e) for c in chunks[1:]]
-        else:
+        elif self.z_in_blocks:
             z0, conds = z, [cat(z, e)] * len(ins)
+        elif e is None:
+            raise ValueError("z_in_blocks=False conditions the blocks on the embedding alone, "
+                             "which conditioning='none' does not have.")
+        else:
+            z0, conds = z, [e] * len(ins)
 
         kw = dict(param_dtype=self.param_dtype, update_state=self.update_state)
         block_kw = dict(bn_groups=self.bn_groups, cbn_map_init=self.cbn_map_init,

@@ -50,6 +50,10 @@ state = jax.jit(lambda k: create_train_state(config, k))(jax.random.key(0))
 evaluator = evaluators.ProbeEvaluator(config, source)
 small = lambda which, m: source(which, 100)
 evaluators.ProbeEvaluator(config, small).run(state)  # compiled, at another size
+# The peak from here on only: the kernel's high-water mark reset (Linux's clear_refs "5"), so
+# the warm-up's peak cannot stand in for the measured run's.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 before = status("VmRSS")
 metrics, _ = evaluator.run(state)
 print(json.dumps({"growth": status("VmHWM") - before, "top1": metrics["probe_top1_avepool_test"]}))
@@ -74,15 +78,16 @@ def _planned(per_split: int) -> float:
 
 
 def test_the_probe_ram_figure_grows_as_the_measured_peak_does():
-    small, large = 1000, 3000
+    small, large = 1000, 5000
     measured = {n: _measured_growth(n) for n in (small, large)}
     planned = {n: _planned(n) for n in (small, large)}
     print({n: (f"measured {measured[n] / 1e6:.0f} MB", f"planned {planned[n] / 1e6:.0f} MB")
            for n in (small, large)})
-    # 3 x 2,000 more rows: their 6,144 floats of features and the devices' copy of the wider
-    # feature (twice for the training rows): the plan says 279 MB more; the process's peak must
-    # grow by that, within a quarter. Measured at 2,000 / 6,000 per split: 572 MB more against
-    # 492 MB planned before the training rows' second copy was counted (558 MB with it).
+    # 3 x 4,000 more rows: their 6,144 floats of features and the devices' copy of the wider
+    # feature (twice for the training rows): the plan says 557 MB more; the process's peak must
+    # grow by that, within a quarter. The peak is the allocator's: at 1,000 rows per split it
+    # varied from 110 to 220 MB between runs, so the sizes are far apart. Measured: at 1,000 /
+    # 5,000 the ratio was 0.97-1.14 over 3 runs; at 1,000 / 3,000 it was 0.99-1.28 over 7.
     ratio = (measured[large] - measured[small]) / (planned[large] - planned[small])
     assert 0.75 <= ratio <= 1.25, (ratio, measured, planned)
     # At either size the plan is not below what the features alone took.
