@@ -211,14 +211,19 @@ def parity_table(peer: dict, mine: dict) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def parity() -> None:
+def peer_line(mode: str) -> dict:
+    """The peer script's JSON line in ``mode`` (--dry_run, --count), run as a measurement is."""
     peer_cmd, env = command("peer", 1, {})
-    out = subprocess.run([*peer_cmd, "--count"], capture_output=True, text=True,
+    out = subprocess.run([*peer_cmd, mode], capture_output=True, text=True,
                          env={**env, "PATH": os.environ.get("PATH", "")})
     if out.returncode:
-        sys.exit(f"the peer script's --count under {_TORCH_PYTHON.value} failed:\n"
+        sys.exit(f"the peer script's {mode} under {_TORCH_PYTHON.value} failed:\n"
                  f"{out.stderr[-2000:]}")
-    lines, ok = parity_table(_last_json(out.stdout), bbg_jax_counts())
+    return _last_json(out.stdout)
+
+
+def parity() -> None:
+    lines, ok = parity_table(peer_line("--count"), bbg_jax_counts())
     print("\n".join(lines))
     print("parity: every count within 1 %" if ok else "NOT THE SAME MODEL: a count differs "
           "by more than 1 %")
@@ -242,13 +247,7 @@ def protocol_lines() -> list[str]:
 def dry_run() -> None:
     """The peer's side without torch: the peer script's own --dry_run line under
     --torch_python (its settings, whether torch imports there, the peer's modules)."""
-    peer_cmd, env = command("peer", 1, {})
-    out = subprocess.run([*peer_cmd, "--dry_run"], capture_output=True, text=True,
-                         env={**env, "PATH": os.environ.get("PATH", "")})
-    if out.returncode:
-        sys.exit(f"the peer script's --dry_run under {_TORCH_PYTHON.value} failed:\n"
-                 f"{out.stderr[-2000:]}")
-    env = _last_json(out.stdout)
+    env = peer_line("--dry_run")
     print(json.dumps(env))
     problems = ([] if env["torch_importable"] else [f"torch is not importable by "
                                                      f"{_TORCH_PYTHON.value}"]) + [

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from bbg_jax.configs import (
+    MISSING,
     check_bool,
     check_choice,
     check_int,
@@ -34,20 +35,21 @@ from bbg_jax.configs import (
     get_field,
     show,
 )
-from bbg_jax.models import layers
+from bbg_jax.models import encoder, layers
 from bbg_jax.models.discriminator import (
     BIGGAN_D_CHANNELS,
-    CONV_SHORTCUTS,
     JOINT_PROJECTIONS,
     BigBiGANDiscriminator,
     GANDiscriminator,
+    check_trunk_plan,
 )
-from bbg_jax.models.encoder import _TOTAL_STRIDE, ROOTS, VALID_TRUNKS, Encoder
+from bbg_jax.models.encoder import Encoder
 from bbg_jax.models.generator import (
     BIGGAN_DEEP_G_CHANNELS,
     BIGGAN_G_CHANNELS,
     SINGLE_EMBED_INITS,
     Generator,
+    check_latent_plan,
 )
 
 if TYPE_CHECKING:  # annotations only: the step runs without ml_collections
@@ -106,18 +108,8 @@ def check_model_config(m: Any) -> None:
     check_number("model.generator.bn_momentum", get_field(g, "bn_momentum"), 0, 1, high_open=True)
     check_int_sequence("model.generator.attention_resolutions",
                         get_field(g, "attention_resolutions", None), 1)
-    z_in_blocks = get_field(g, "z_in_blocks", True)
-    check_bool("model.generator.z_in_blocks", z_in_blocks)
-    if not z_in_blocks and (g.hierarchical_z or g.conditioning == "none") and not g.deep:
-        raise config_error("model.generator.z_in_blocks", z_in_blocks, "True",
-                           "without it the blocks see the embedding alone, which needs "
-                           "hierarchical_z=False and conditioning 'class' or 'single'")
-    if g.hierarchical_z and not g.deep:
-        chunks = len(plans[res])  # one for the first layer, one per block
-        if m.z_dim % chunks:
-            raise config_error("model.z_dim", m.z_dim, f"a multiple of {chunks}",
-                               f"hierarchical_z splits z into {chunks} equal chunks at {res} px;"
-                               " or set model.generator.hierarchical_z=False")
+    check_latent_plan(m.z_dim, g.hierarchical_z, get_field(g, "z_in_blocks", True),
+                      g.conditioning, g.deep, res, "model.generator.", "model.z_dim")
 
     check_int("model.discriminator.ch", get_field(d, "ch"), 1)
     check_bool("model.discriminator.deep", get_field(d, "deep"))
@@ -128,18 +120,8 @@ def check_model_config(m: Any) -> None:
                            "= model.generator.resolution: D scores G's images")
     check_int_sequence("model.discriminator.attention_resolutions",
                         get_field(d, "attention_resolutions", None), 1)
-    downsample = get_field(d, "downsample", None)
-    conv_shortcut = get_field(d, "conv_shortcut", "channels")
-    if d.deep and (downsample is not None or conv_shortcut != "channels"):
-        raise config_error("model.discriminator.deep", d.deep, "False",
-                           "downsample and conv_shortcut shape the BigGAN trunk only")
-    blocks = len(BIGGAN_D_CHANNELS[d.resolution])
-    if downsample is not None and not (
-            isinstance(downsample, (list, tuple)) and len(downsample) == blocks
-            and all(isinstance(b, bool) for b in downsample)):
-        raise config_error("model.discriminator.downsample", downsample,
-                           f"None or {blocks} booleans (one per block at {d.resolution} px)")
-    check_choice("model.discriminator.conv_shortcut", conv_shortcut, CONV_SHORTCUTS)
+    check_trunk_plan(d.deep, d.resolution, get_field(d, "downsample", None),
+                     get_field(d, "conv_shortcut", "channels"), "model.discriminator.")
     check_int("model.discriminator.mlp_depth", get_field(d, "mlp_depth"), 1)
     check_int("model.discriminator.mlp_width", get_field(d, "mlp_width"), 1)
     check_int("model.discriminator.num_classes", get_field(d, "num_classes"), 0)
@@ -156,33 +138,15 @@ def check_model_config(m: Any) -> None:
                            "pairs and needs the encoder; 'gan' scores x alone")
     if not e.enabled:
         return
-    check_choice("model.encoder.trunk", get_field(e, "trunk"), VALID_TRUNKS)
+    encoder.check_fields({k: get_field(e, k, encoder.ABSENT_MEANS.get(k, MISSING))
+                          for k in encoder.CHECKED_FIELDS}, "model.encoder.")
     root = get_field(e, "root", "imagenet")
-    check_choice("model.encoder.root", root, ROOTS)
-    width = get_field(e, "width")
-    check_number("model.encoder.width", width, 0, low_open=True)
-    if not float(64 * width).is_integer():
-        raise config_error("model.encoder.width", width,
-                           "a number > 0 that makes 64 x width a whole number (0.25, 0.5, 1, 2,"
-                           " 4, ...)", "the trunk's root has 64 x width channels")
-    stride = _TOTAL_STRIDE[root]
+    stride = encoder.TOTAL_STRIDE[root]
     check_int("model.encoder.resolution", get_field(e, "resolution"), stride)
     if e.resolution % stride:
         raise config_error("model.encoder.resolution", e.resolution,
                            f"a multiple of {stride}", f"the {root!r} root and trunk downsample "
                            f"by {stride}; model.encoder.root='small' downsamples by 8")
-    check_int("model.encoder.mlp_depth", get_field(e, "mlp_depth"), 1)
-    check_int("model.encoder.mlp_width", get_field(e, "mlp_width"), 1)
-    check_bool("model.encoder.stochastic", get_field(e, "stochastic"))
-    check_number("model.encoder.bn_momentum", get_field(e, "bn_momentum"), 0, 1, high_open=True)
-    check_number("model.encoder.bn_eps", get_field(e, "bn_eps"), 0, low_open=True)
-    check_int_sequence("model.encoder.stage_depths", get_field(e, "stage_depths", None), 1, 4)
-    reversible = get_field(e, "reversible_backprop", False)
-    check_bool("model.encoder.reversible_backprop", reversible)
-    if reversible and not e.trunk.startswith("revnet"):
-        raise config_error("model.encoder.reversible_backprop", reversible, "False",
-                           f"model.encoder.trunk={e.trunk!r}: only a RevNet trunk reconstructs "
-                           "its activations")
 
 
 def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bbg_jax.configs import check_choice, config_error
 from bbg_jax.models import layers
 
 Array = jax.Array
@@ -49,6 +50,22 @@ BIGGAN_DEEP_D_CHANNELS = {
     512: (1, 1, 1, 2, 2, 4, 4) + 4 * (8,) + 4 * (16,),
 }
 CONV_SHORTCUTS = ("channels", "channels_or_down")
+
+
+def check_trunk_plan(deep: bool, resolution: int, downsample: Any, conv_shortcut: Any,
+                     prefix: str) -> None:
+    """The BigGAN trunk's plan fields, for ``DTrunk`` (``prefix`` "DTrunk.") and a config's
+    ``model.discriminator`` ("model.discriminator."): a ``ConfigError`` naming the field."""
+    if deep and (downsample is not None or conv_shortcut != "channels"):
+        raise config_error(prefix + "deep", deep, "False",
+                           "downsample and conv_shortcut shape the BigGAN trunk only")
+    blocks = len((BIGGAN_DEEP_D_CHANNELS if deep else BIGGAN_D_CHANNELS)[resolution])
+    if downsample is not None and not (
+            isinstance(downsample, (list, tuple)) and len(downsample) == blocks
+            and all(isinstance(b, bool) for b in downsample)):
+        raise config_error(prefix + "downsample", downsample,
+                           f"None or {blocks} booleans (one per block at {resolution} px)")
+    check_choice(prefix + "conv_shortcut", conv_shortcut, CONV_SHORTCUTS)
 # Resolutions (of the block output) followed by self-attention; see generator.DEFAULT_ATTENTION.
 DEFAULT_ATTENTION = {32: (), 64: (32,), 128: (64,), 256: (64,), 512: (64,)}
 
@@ -178,9 +195,8 @@ class DTrunk(nn.Module):
                   conv_impl=self.conv_impl)
         h = x.astype(self.dtype)
         size = self.resolution
-        if self.deep and (self.downsample is not None or self.conv_shortcut != "channels"):
-            raise ValueError("downsample and conv_shortcut shape the BigGAN trunk; BigGAN-deep's "
-                             "blocks keep their own plan (deep=False to set them).")
+        check_trunk_plan(self.deep, self.resolution, self.downsample, self.conv_shortcut,
+                         "DTrunk.")
         if self.deep:
             ins = [self.ch * m for m in mult[:-1]]
             outs = [self.ch * m for m in mult[1:]]
@@ -202,12 +218,6 @@ class DTrunk(nn.Module):
         # The published plan: the last block keeps its resolution.
         downs = (tuple(i < len(outs) - 1 for i in range(len(outs))) if self.downsample is None
                  else tuple(self.downsample))
-        if len(downs) != len(outs):
-            raise ValueError(f"downsample={self.downsample!r} needs one entry per block: "
-                             f"{len(outs)} at {self.resolution} px.")
-        if self.conv_shortcut not in CONV_SHORTCUTS:
-            raise ValueError(f"conv_shortcut={self.conv_shortcut!r}; use one of "
-                             f"{CONV_SHORTCUTS}.")
         for i, (c, down) in enumerate(zip(outs, downs, strict=True)):
             block = layers.maybe_remat(DBlock, self.remat, 2)
             h = block(c, down, preactivation=i > 0, sn_eps=self.sn_eps, dtype=self.dtype,

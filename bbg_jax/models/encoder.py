@@ -20,6 +20,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bbg_jax.configs import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_number,
+    config_error,
+)
 from bbg_jax.models import layers
 from bbg_jax.models.resnet import ResNetV2
 from bbg_jax.models.revnet import RevNet
@@ -40,7 +48,41 @@ VALID_TRUNKS = tuple(TRUNK_DEPTHS)
 # downsamples by 2**5); "small" is the CIFAR-style 3x3/1 conv without a pool (2**3 in all), for
 # 28-32 px images, where the ImageNet root would leave an 8x8 map for the first stage.
 ROOTS = ("imagenet", "small")
-_TOTAL_STRIDE = {"imagenet": 32, "small": 8}
+TOTAL_STRIDE = {"imagenet": 32, "small": 8}
+
+
+# The fields ``check_fields`` reads, and the values that a config written before the last three
+# existed means by their absence.
+CHECKED_FIELDS = ("trunk", "width", "mlp_depth", "mlp_width", "stochastic", "bn_momentum",
+                  "bn_eps", "stage_depths", "root", "reversible_backprop")
+ABSENT_MEANS = {"stage_depths": None, "root": "imagenet", "reversible_backprop": False}
+
+
+def check_fields(values: dict[str, Any], prefix: str) -> None:
+    """The encoder's field rules, for the module (``prefix`` "Encoder.") and for a config's
+    ``model.encoder`` section ("model.encoder."): a ``ConfigError`` (a ValueError) naming
+    ``prefix + field``, the value and what is allowed."""
+    check_choice(prefix + "trunk", values["trunk"], VALID_TRUNKS)
+    check_choice(prefix + "root", values["root"], ROOTS)
+    width = values["width"]
+    check_number(prefix + "width", width, 0, low_open=True)
+    if not float(64 * width).is_integer():  # fractional widths (the paper's "Small E")
+        raise config_error(prefix + "width", width,
+                           "a number > 0 that makes 64 x width a whole number (0.25, 0.5, 1, 2,"
+                           " 4, ...)", "the trunk's root has 64 x width channels")
+    check_int(prefix + "mlp_depth", values["mlp_depth"], 1)
+    check_int(prefix + "mlp_width", values["mlp_width"], 1)
+    check_bool(prefix + "stochastic", values["stochastic"])
+    check_number(prefix + "bn_momentum", values["bn_momentum"], 0, 1, high_open=True)
+    check_number(prefix + "bn_eps", values["bn_eps"], 0, low_open=True)
+    depths = values["stage_depths"]
+    check_int_sequence(prefix + "stage_depths", None if depths is None else tuple(depths), 1, 4)
+    reversible = values["reversible_backprop"]
+    check_bool(prefix + "reversible_backprop", reversible)
+    if reversible and not values["trunk"].startswith("revnet"):
+        raise config_error(prefix + "reversible_backprop", reversible, "False",
+                           f"{prefix}trunk={values['trunk']!r}: only a RevNet trunk "
+                           "reconstructs its activations")
 
 
 def trunk_feature_dim(width: float) -> int:
@@ -98,31 +140,14 @@ class Encoder(nn.Module):
     conv_impl: str | None = None  # see bbg_jax.models.conv
 
     def _check_config(self) -> None:
-        if self.trunk not in TRUNK_DEPTHS:
-            raise ValueError(
-                f"Unknown encoder trunk {self.trunk!r}; valid trunks: {', '.join(VALID_TRUNKS)}."
-            )
-        if self.root not in ROOTS:
-            raise ValueError(f"Unknown encoder root {self.root!r}; valid roots: "
-                             f"{', '.join(ROOTS)}.")
-        # Fractional widths (0.5: the paper's "Small E (32)") must give whole channel counts.
-        if not (self.width > 0 and float(64 * self.width).is_integer()):
-            raise ValueError(f"Encoder width must make 64 x width a positive integer, "
-                             f"got {self.width!r}.")
-        for field in ("z_dim", "mlp_depth", "mlp_width"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Encoder {field} must be a positive integer, got {value!r}.")
-        if not 0.0 <= self.bn_momentum < 1.0:
-            raise ValueError(f"Encoder bn_momentum must be in [0, 1), got {self.bn_momentum}.")
-        if self.bn_eps <= 0:
-            raise ValueError(f"Encoder bn_eps must be positive, got {self.bn_eps}.")
+        check_fields({k: getattr(self, k) for k in CHECKED_FIELDS}, "Encoder.")
+        check_int("Encoder.z_dim", self.z_dim, 1)
 
     def _check_input(self, x: Array) -> None:
         if x.ndim != 4:
             raise ValueError(f"Encoder expects NHWC images, got shape {x.shape}.")
         _, h, w, _ = x.shape
-        stride = _TOTAL_STRIDE[self.root]
+        stride = TOTAL_STRIDE[self.root]
         if h % stride or w % stride:
             raise ValueError(
                 f"Encoder input height and width must be multiples of {stride} with the "
@@ -136,14 +161,9 @@ class Encoder(nn.Module):
         self._check_config()
         self._check_input(x)
         reversible = self.trunk.startswith("revnet")
-        if self.reversible_backprop and not reversible:
-            raise ValueError(f"Encoder reversible_backprop needs a RevNet trunk, got "
-                             f"{self.trunk!r}: set trunk='revnet50' or reversible_backprop=False.")
         trunk_cls = RevNet if reversible else ResNetV2
         trunk_kw = {"reversible_backprop": self.reversible_backprop} if reversible else {}
         depths = TRUNK_DEPTHS[self.trunk] if self.stage_depths is None else self.stage_depths
-        if len(depths) != 4 or min(depths) < 1:
-            raise ValueError(f"Encoder stage_depths needs 4 positive counts, got {depths}.")
         h = trunk_cls(
             tuple(depths),
             width=self.width,

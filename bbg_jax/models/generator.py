@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bbg_jax.configs import check_bool, config_error
 from bbg_jax.models import layers
 
 Array = jax.Array
@@ -54,6 +55,25 @@ DEFAULT_Z_DIM = {32: 120, 64: 120, 128: 120, 256: 140, 512: 160}
 
 
 SINGLE_EMBED_INITS = ("orthogonal", "normal")
+
+
+def check_latent_plan(z_dim: int, hierarchical_z: bool, z_in_blocks: Any, conditioning: str,
+                      deep: bool, resolution: int, prefix: str, z_dim_field: str) -> None:
+    """How z reaches G's blocks, for ``Generator`` (``prefix`` "Generator.") and a config
+    (``prefix`` "model.generator.", ``z_dim_field`` "model.z_dim"): a ``ConfigError``."""
+    check_bool(prefix + "z_in_blocks", z_in_blocks)
+    if deep:  # BigGAN-deep feeds the whole z, unchunked, to every block
+        return
+    if not z_in_blocks and (hierarchical_z or conditioning == "none"):
+        raise config_error(prefix + "z_in_blocks", z_in_blocks, "True",
+                           "without it the blocks see the embedding alone, which needs "
+                           "hierarchical_z=False and conditioning 'class' or 'single'")
+    chunks = len(BIGGAN_G_CHANNELS[resolution])  # one for the first layer, one per block
+    if hierarchical_z and z_dim % chunks:
+        raise config_error(z_dim_field, z_dim, f"a multiple of {chunks}",
+                           f"hierarchical_z splits z into {chunks} equal chunks at {resolution}"
+                           f" px (z_dim={DEFAULT_Z_DIM[resolution]} is one); or set "
+                           f"{prefix}hierarchical_z=False")
 
 
 def _single_embedding_init(name: str):
@@ -251,6 +271,8 @@ class Generator(nn.Module):
         if z.ndim != 2 or z.shape[-1] != self.z_dim:
             raise ValueError(f"Expected z of shape (batch, {self.z_dim}), got {z.shape}.")
         ins, outs = self.channel_plan()
+        check_latent_plan(self.z_dim, self.hierarchical_z, self.z_in_blocks, self.conditioning,
+                          self.deep, self.resolution, "Generator.", "Generator.z_dim")
         attention = (DEFAULT_ATTENTION[self.resolution] if self.attention_resolutions is None
                      else tuple(self.attention_resolutions))
         n = z.shape[0]
@@ -262,24 +284,10 @@ class Generator(nn.Module):
             z0 = cat(z, e)
             conds = [z0] * len(ins)
         elif self.hierarchical_z:
-            if not self.z_in_blocks:
-                raise ValueError("z_in_blocks=False needs hierarchical_z=False: hierarchical z "
-                                 "conditions each block on its own chunk.")
-            n_chunks = len(ins) + 1
-            if self.z_dim % n_chunks:
-                raise ValueError(
-                    f"hierarchical_z splits z into {n_chunks} equal chunks at "
-                    f"{self.resolution} px, but z_dim={self.z_dim} is not divisible by "
-                    f"{n_chunks}; use z_dim={DEFAULT_Z_DIM[self.resolution]} or a multiple "
-                    f"of {n_chunks}, or set hierarchical_z=False."
-                )
-            chunks = jnp.split(z, n_chunks, axis=-1)
+            chunks = jnp.split(z, len(ins) + 1, axis=-1)
             z0, conds = chunks[0], [cat(c, e) for c in chunks[1:]]
         elif self.z_in_blocks:
             z0, conds = z, [cat(z, e)] * len(ins)
-        elif e is None:
-            raise ValueError("z_in_blocks=False conditions the blocks on the embedding alone, "
-                             "which conditioning='none' does not have.")
         else:
             z0, conds = z, [e] * len(ins)
 

@@ -152,12 +152,13 @@ def test_small_root_keeps_resolution_for_small_images(trunk):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"trunk": "resnet18"}, "valid trunks: resnet50, resnet101, resnet152, revnet50"),
+        ({"trunk": "resnet18"}, "Encoder.trunk=.resnet18.: allowed .resnet50., .resnet101., "
+                                ".resnet152., .revnet50."),
         ({"width": 0}, "width"),
         ({"z_dim": -1}, "z_dim"),
         ({"mlp_depth": 0}, "mlp_depth"),
         ({"bn_momentum": 1.0}, "bn_momentum"),
-        ({"root": "cifar"}, "valid roots: imagenet, small"),
+        ({"root": "cifar"}, "Encoder.root=.cifar.: allowed .imagenet., .small."),
     ],
 )
 def test_bad_config_raises(kwargs, match):
