@@ -98,14 +98,21 @@ ADDED_KEYS = {"model.attention_impl": "dot_product", "model.remat": [], "model.b
               "model.discriminator.conv_shortcut": "channels"}
 
 
+# How the step computes, not what: the same parameters and maths whatever their values, so a
+# resumed or evaluated run may change them.
+IMPLEMENTATION_KEYS = frozenset({"model.attention_impl", "model.remat"})
+
+
 def config_differences(saved: dict, current: ml_collections.ConfigDict, section: str
                        ) -> list[str]:
-    """Keys of ``section`` whose values differ between a saved config and the current one."""
+    """Keys of ``section`` whose values differ between a saved config and the current one,
+    other than ``IMPLEMENTATION_KEYS``."""
     a = _flatten(saved.get(section, {}), f"{section}.")
     b = _flatten(json.loads(current.to_json()).get(section, {}), f"{section}.")
     # A key added to the config after the checkpoint was written matches when the current
     # value is the one that reproduces the older code's behaviour.
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                  and k not in IMPLEMENTATION_KEYS
                   and not (k not in a and k in ADDED_KEYS and b[k] == ADDED_KEYS[k]))
 
 

@@ -124,3 +124,20 @@ def test_full_size_bigbigan_forward_backward_is_finite():
         leaves = jax.tree.leaves(grads[name])
         assert all(np.isfinite(np.asarray(g)).all() for g in leaves), name
         assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves), name
+
+
+def test_a_resume_may_change_how_the_step_computes_but_not_the_model():
+    """Attention's implementation and remat keep the parameters and the maths: a saved run's
+    config differs from today's only where the model does."""
+    import json
+
+    from bbg_jax.checkpoint import config_differences
+
+    config = load("smoke")
+    saved = json.loads(config.to_json())
+    config.model.attention_impl = "einsum" if config.model.attention_impl != "einsum" else (
+        "dot_product")
+    config.model.remat = ("G", "E")
+    assert config_differences(saved, config, "model") == []
+    config.model.generator.ch = 2 * config.model.generator.ch
+    assert config_differences(saved, config, "model") == ["model.generator.ch"]
