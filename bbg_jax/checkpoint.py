@@ -89,7 +89,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 # Config keys added after checkpoints existed -> the value that means "as before".
-ADDED_KEYS = {"model.attention_impl": "dot_product", "model.remat": [], "model.bn_groups": 1,
+ADDED_KEYS = {"model.bn_groups": 1,
               "model.encoder.root": "imagenet", "model.encoder.reversible_backprop": False,
               "model.generator.cbn_map_init": "zeros",
               "model.generator.single_embed_init": "normal",

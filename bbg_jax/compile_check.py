@@ -36,6 +36,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from bbg_jax import chips
+from bbg_jax.configs import model_config
 
 GIB = chips.GIB
 DEFAULT_UTILISATION = 0.4  # assumed model-FLOPs utilisation for the "expected" time
@@ -68,12 +69,19 @@ class Report:
     # default hosts): the largest host RAM an evaluator needs, the share of wall time all take.
     eval_host_ram_bytes: float | None = None
     eval_wall_share: float | None = None
+    # model.attention_impl of the compiled step; reports written before this field existed
+    # were compiled with "dot_product", then the default.
+    attention_impl: str = "dot_product"
 
     def table_row(self) -> str:
-        """One row of docs/paper_configs.md's configuration table (markdown)."""
+        """One row of docs/paper_configs.md's configuration table (markdown); a row compiled
+        with another attention implementation than today's default says which."""
         evaluation = ("not planned" if self.eval_wall_share is None else
                       f"{self.eval_host_ram_bytes / 1e9:.0f} GB / {self.eval_wall_share:.1%}")
-        return (f"| `{self.config}` | {self.target} ({self.num_devices} x {self.chip}) "
+        config = f"`{self.config}`"
+        if self.attention_impl != model_config().attention_impl:
+            config += f" ({self.attention_impl} attention)"
+        return (f"| {config} | {self.target} ({self.num_devices} x {self.chip}) "
                 f"| {self.total_bytes / GIB:.1f} / {self.hbm_bytes / GIB:.0f} GiB "
                 f"| {self.compiled_flops_step / 1e15:.3f} / {self.analytic_flops_step / 1e15:.3f}"
                 f" | {self.step_s_at_peak:.3f} / {self.step_s_at_utilisation:.3f} "
@@ -288,7 +296,8 @@ def check(args: Args) -> Report:
         fits=total <= hbm, compiled_flops_step=flops_device * n,
         analytic_flops_step=analytic_step_flops(config), step_s_at_peak=at_peak,
         utilisation=args.utilisation, step_s_at_utilisation=at_util, num_steps=steps,
-        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s)
+        hours_at_utilisation=at_util * steps / 3600, compile_s=compile_s,
+        attention_impl=config.model.get("attention_impl", "einsum"))
 
 
 def format_report(r: Report) -> str:

@@ -128,9 +128,12 @@ def model_config(resolution: int = 128, ch: int = 96, z_dim: int = 120
     m.image_channels = 3
     m.bn_eps = 1e-4  # BigGAN / released BigBiGAN
     m.sn_eps = 1e-4
-    # Self-attention through jax.nn.dot_product_attention ("dot_product": cuDNN's fused kernel
-    # where eligible) or the explicit einsum/softmax ("einsum"); same parameters and maths.
-    m.attention_impl = "dot_product"
+    # Self-attention as the explicit softmax(θφᵀ)·g ("einsum") or through
+    # jax.nn.dot_product_attention with θ and φ copied to 4 heads ("dot_product": 4 times the
+    # logits; XLA's path, which jax 0.10 takes unless told to use cuDNN). Same parameters and
+    # maths; for the BigBiGAN-128 step on v5p, einsum needs 19.5 GiB per chip against 49.8
+    # (docs/paper_configs.md).
+    m.attention_impl = "einsum"
     # Networks whose residual blocks are rematerialised (recomputed in the backward pass):
     # less activation memory for more compute; e.g. ("G", "E"). Same parameters and maths.
     m.remat = ()

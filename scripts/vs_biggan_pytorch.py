@@ -16,6 +16,8 @@ The protocol, so that a ratio means something:
   not a like-for-like row); bbg-jax with ``conv_weight_grad=einsum`` (no Winograd); bbg-jax on
   one device; the recipe's 4 D steps per G step for the peer and for bbg-jax.
 * ABBA order: odd rounds run the rows in reverse, so drift over time cancels in the pairs.
+* bbg-jax's compiles go to a persistent compilation cache (``--compilation_cache``), so rounds
+  after the first load them; no timed step ever includes a compile on either side.
 * Before each measurement the host's busy fraction over 1 s (other load) and, during it, the
   steal time are read from /proc/stat; a round with a noisy measurement is rejected whole.
 * Each bbg-jax row's speed is paired with the peer row of the same D steps in the same round;
@@ -41,6 +43,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +64,11 @@ _MAX_BUSY = flags.DEFINE_float("max_busy", 0.10, "Reject a round when the host w
                                "than this fraction in the second before a measurement.")
 _MAX_STEAL = flags.DEFINE_float("max_steal", 0.02, "Reject a round when steal time exceeds "
                                 "this fraction of a measurement's CPU time.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", os.path.join(tempfile.gettempdir(), "bbg_jax_vs_biggan_cache"),
+    "JAX's persistent compilation cache for the bbg-jax rows (each round is still a fresh "
+    "process; the timed steps never include a compile), so rounds after the first skip XLA's "
+    "compile; '' for none.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the protocol and the environment only.")
 _PARITY = flags.DEFINE_bool("parity", False, "Compare both sides' parameter counts and "
                             "analytic FLOPs (within 1 %) and time nothing.")
@@ -90,6 +98,8 @@ def clean_env(devices: int) -> dict[str, str]:
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if _CACHE.value:
+        env["JAX_COMPILATION_CACHE_DIR"] = _CACHE.value
     return env
 
 

@@ -85,7 +85,7 @@ def check_model_config(m: Any) -> None:
     check_choice("model.image_channels", get_field(m, "image_channels"), (1, 3))
     check_number("model.bn_eps", get_field(m, "bn_eps"), 0, low_open=True)
     check_number("model.sn_eps", get_field(m, "sn_eps"), 0, low_open=True)
-    check_choice("model.attention_impl", get_field(m, "attention_impl", "dot_product"),
+    check_choice("model.attention_impl", get_field(m, "attention_impl", "einsum"),
                  layers.ATTENTION_IMPLS)
     remat = get_field(m, "remat", ())
     if not (isinstance(remat, (list, tuple)) and set(remat) <= set(REMAT_NETWORKS)):
@@ -162,7 +162,7 @@ def build_models(config: ml_collections.ConfigDict, *, update_state: bool = True
     check_model_config(m)
     dtype = compute_dtype(m.dtype)
     remat = tuple(m.get("remat", ()))
-    attention_impl = m.get("attention_impl", "dot_product")
+    attention_impl = m.get("attention_impl", "einsum")
     g, d, e = m.generator, m.discriminator, m.encoder
     models: dict[str, nn.Module] = {
         "G": Generator(

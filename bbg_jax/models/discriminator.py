@@ -165,7 +165,7 @@ class DTrunk(nn.Module):
     attention_resolutions: tuple[int, ...] | None = None
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
-    attention_impl: str = "dot_product"
+    attention_impl: str = "einsum"
     remat: bool = False  # recompute each block's activations in the backward pass
     # True: return (pooled feature, relu'd last feature map (N, h, w, C)) for a joint projection.
     return_map: bool = False
@@ -259,7 +259,7 @@ class GANDiscriminator(nn.Module):
     num_classes: int = 0
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
-    attention_impl: str = "dot_product"
+    attention_impl: str = "einsum"
     remat: bool = False  # recompute each block's activations in the backward pass
     param_dtype: Any = jnp.float32
     update_state: bool = True
@@ -327,7 +327,7 @@ class BigBiGANDiscriminator(nn.Module):
     mlp_width: int = 2048
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
-    attention_impl: str = "dot_product"
+    attention_impl: str = "einsum"
     remat: bool = False  # recompute each block's activations in the backward pass
     joint_projection: str = "none"  # "none" (the paper) | "feature_map" | "image" (docstring)
     param_dtype: Any = jnp.float32

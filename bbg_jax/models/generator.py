@@ -202,7 +202,7 @@ class Generator(nn.Module):
       sn_eps: spectral norm's epsilon.
       dtype: compute dtype (float32 or bfloat16); the output is float32.
       param_dtype: dtype of the ``params`` collection (float32); statistics stay float32.
-      attention_impl: "dot_product" or "einsum" (``layers.ATTENTION_IMPLS``).
+      attention_impl: "einsum" or "dot_product" (``layers.SelfAttention``).
       remat: recompute each block's activations in the backward pass.
       bn_groups: grouped batch norm over consecutive batch slices (1 = the whole batch).
       cbn_map_init: how the conditional BN maps W_γ, W_β start: "orthogonal" (spectrally
@@ -229,7 +229,7 @@ class Generator(nn.Module):
     bn_momentum: float = 0.99
     sn_eps: float = 1e-4
     dtype: Any = jnp.float32
-    attention_impl: str = "dot_product"
+    attention_impl: str = "einsum"
     remat: bool = False  # recompute each block's activations in the backward pass
     bn_groups: int = 1  # grouped batch norm (1 = over the whole global batch)
     cbn_map_init: str = "orthogonal"

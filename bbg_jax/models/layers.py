@@ -349,7 +349,7 @@ class SelfAttention(nn.Module):
     spectral_norm: bool = True
     sn_eps: float = 1e-4
     dtype: Dtype = jnp.float32
-    impl: str = "dot_product"  # or "einsum": the explicit softmax(θφᵀ)·g
+    impl: str = "einsum"  # the explicit softmax(θφᵀ)·g; or "dot_product" (below)
     param_dtype: Dtype = jnp.float32
     update_state: bool = True
     conv_impl: str | None = None
@@ -369,9 +369,10 @@ class SelfAttention(nn.Module):
         phi = pool(conv(c // 8, "phi")(x, train)).reshape(n, -1, c // 8)
         g = pool(conv(c // 2, "g")(x, train)).reshape(n, -1, c // 2)
         if self.impl == "dot_product":
-            # jax.nn.dot_product_attention (cuDNN's fused kernel where eligible, XLA otherwise)
-            # wants equal head widths for keys and values: g's C/2 channels become 4 heads of
-            # C/8 that share θ and φ, which gives the same softmax(θφᵀ)·g.
+            # jax.nn.dot_product_attention wants equal head widths for keys and values: g's C/2
+            # channels become 4 heads of C/8 that share θ and φ, which gives the same
+            # softmax(θφᵀ)·g with 4 copies of the logits (jax 0.10 runs XLA's path here unless
+            # asked for cuDNN, so nothing fuses them away).
             heads = 4
             q = jnp.broadcast_to(theta[:, :, None], (n, h * w, heads, c // 8))
             k = jnp.broadcast_to(phi[:, :, None], (n, phi.shape[1], heads, c // 8))
