@@ -5,10 +5,10 @@ Command:   python -m bbg_jax.main --config=experiments/bigbigan_imagenet128.py -
            python -m bbg_jax.compile_check --config experiments/bigbigan_imagenet128.py \
                --topology v5p:2x4x4
            python -m bbg_jax.models.summary --config experiments/bigbigan_imagenet128.py
-Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip; 49.8 of 95 GiB per chip compiled)
+Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip; 19.5 of 95 GiB per chip compiled)
            or 32+ H100s; global batch 2048 (x and z).
-Time:      one step (2 D updates + 1 G/E update) is 1.12 PFLOP by XLA's cost analysis (analytic
-           587 GFLOP per image, 1.20 PFLOP per step). On 32 TPU v5p chips (459 TFLOP/s bf16 each)
+Time:      one step (2 D updates + 1 G/E update) is 1.10 PFLOP by XLA's cost analysis (analytic
+           580 GFLOP per image, 1.19 PFLOP per step). On 32 TPU v5p chips (459 TFLOP/s bf16 each)
            at an assumed 40% utilisation that is 0.19 s per step, 26 hours for the 500k steps of
            the ablations (compiled FLOPs; the README table has every row).
 Expected:  parameter counts (checked by tests/test_configs.py):

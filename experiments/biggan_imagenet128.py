@@ -6,9 +6,9 @@ Command:   python -m bbg_jax.main --config=experiments/biggan_imagenet128.py --w
                --topology v5p:2x4x4
            python -m bbg_jax.models.summary --config experiments/biggan_imagenet128.py
 Hardware:  a TPU v5p-64 slice (32 chips, 64 images per chip) or 32+ H100s; global batch 2048.
-Time:      analytic 569 GFLOP per image (forward: G 43.0, D 22.2) -> 1.17 PFLOP per step
-           -> 0.20 s on 32 v5p chips at 40% of 459 TFLOP/s -> 28 h for 500k steps (XLA's
-           compiled 1.09 PFLOP: 26 h; the README table has the compiled numbers).
+Time:      analytic 525 GFLOP per image (forward: G 43.0, D 22.2) -> 1.08 PFLOP per step
+           -> 0.18 s on 32 v5p chips at 40% of 459 TFLOP/s -> 25 h for 500k steps (XLA's
+           compiled 1.00 PFLOP: 24 h; the README table has the compiled numbers).
 Expected:  G 70,433,988 and D 87,982,370 parameters, the reference TF implementation's counts
            (checked by tests/test_configs.py). Generation: IS 166.5 / FID 7.4 is the BigGAN
            paper's 128 px headline, measured with the truncation trick, which this

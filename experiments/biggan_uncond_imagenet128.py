@@ -3,9 +3,9 @@
 Command:   python -m bbg_jax.main --config=experiments/biggan_uncond_imagenet128.py \
                --workdir=DIR --config.data.data_dir=DIR_WITH_TFDS_IMAGENET
 Hardware:  a TPU v5p-64 slice (32 chips) or 32+ H100s; global batch 2048.
-Time:      analytic 569 GFLOP per image (forward: G 43.0, D 22.1) -> 1.17 PFLOP per step
-           -> 0.20 s on 32 v5p chips at 40% of 459 TFLOP/s -> 28 h for 500k steps (XLA's
-           compiled 1.09 PFLOP: 26 h; the README table has the compiled numbers).
+Time:      analytic 525 GFLOP per image (forward: G 43.0, D 22.1) -> 1.08 PFLOP per step
+           -> 0.18 s on 32 v5p chips at 40% of 459 TFLOP/s -> 25 h for 500k steps (XLA's
+           compiled 1.00 PFLOP: 24 h; the README table has the compiled numbers).
 Expected:  the "No E (GAN)" row of Table 1 (IS, FID); the BigBiGAN paper quotes FID 23.2 for
            "BigGAN + clustering" as the paper's unconditional comparison point [likely].
 Paper:     Table 1 "No E (GAN)" (the same config as experiments/table1.py:no_e).

@@ -280,11 +280,15 @@ def test_online_probe_learns_without_touching_the_encoder(step_setup):
     assert tree_equal(new_other.params, new.params)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cpu_impl", ["einsum", "winograd"])
-def test_cpu_convolution_step_matches_xla(monkeypatch, cpu_impl):
+@pytest.mark.parametrize("cpu_impl,reduced", [
+    pytest.param("winograd", True, id="winograd-reduced"),
+    pytest.param("einsum", False, marks=pytest.mark.slow, id="einsum"),
+    pytest.param("winograd", False, marks=pytest.mark.slow, id="winograd"),
+])
+def test_cpu_convolution_step_matches_xla(monkeypatch, cpu_impl, reduced):
     """The CPU paths (train.conv_weight_grad = einsum, or auto -> winograd, here on every 3×3
-    stride-1 layer of the smoke model) compute XLA's step."""
+    stride-1 layer of the smoke model) compute XLA's step. The default suite runs Winograd on
+    a reduced step (one D update, no online probe); ``-m slow`` the smoke step itself."""
     from bbg_jax.models import winograd
 
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
@@ -292,6 +296,9 @@ def test_cpu_convolution_step_matches_xla(monkeypatch, cpu_impl):
     for impl in ("xla", cpu_impl):
         config = smoke()
         config.train.conv_weight_grad = impl
+        if reduced:
+            config.train.n_d_steps = 1
+            config.train.online_probe_classes = 0
         fns = make_step_functions(config)
         state = jax.jit(lambda k, c=config: create_train_state(c, k))(jax.random.key(0))
         batch = next(loop.step_batches(config, sharding.make_mesh(), 0))
