@@ -42,6 +42,9 @@ GIB = chips.GIB
 DEFAULT_UTILISATION = 0.4  # assumed model-FLOPs utilisation for the "expected" time
 
 
+DEFAULT_ATTENTION_IMPL = model_config().attention_impl
+
+
 @dataclasses.dataclass
 class Report:
     config: str
@@ -79,7 +82,7 @@ class Report:
         evaluation = ("not planned" if self.eval_wall_share is None else
                       f"{self.eval_host_ram_bytes / 1e9:.0f} GB / {self.eval_wall_share:.1%}")
         config = f"`{self.config}`"
-        if self.attention_impl != model_config().attention_impl:
+        if self.attention_impl != DEFAULT_ATTENTION_IMPL:
             config += f" ({self.attention_impl} attention)"
         return (f"| {config} | {self.target} ({self.num_devices} x {self.chip}) "
                 f"| {self.total_bytes / GIB:.1f} / {self.hbm_bytes / GIB:.0f} GiB "

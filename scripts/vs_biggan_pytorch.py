@@ -195,14 +195,14 @@ def bbg_jax_counts() -> dict[str, float]:
 
     from bbg_jax import flops
     from bbg_jax.configs import load_experiment
-    from bbg_jax.models import init_variables
+    from bbg_jax.models import count_params, init_variables
 
     config = load_experiment(str(ROOT / "experiments" / "biggan_cifar.py"))
     shapes = jax.eval_shape(lambda: init_variables(config, jax.random.key(0), 2))
     forward = flops.network_forward_flops(config, 1)
     out: dict[str, float] = {}
     for net in ("G", "D"):
-        out[f"{net}_params"] = sum(x.size for x in jax.tree.leaves(shapes[net]["params"]))
+        out[f"{net}_params"] = count_params(shapes[net])
         out[f"{net}_flops"] = forward[net]
     return out
 
