@@ -148,9 +148,11 @@ def test_fashion_mnist_main_job_config():
 
     config = load_experiment(str(ROOT / "experiments" / "fashion_mnist.py"))
     loop.check_config(config)  # data, model and eval sections agree
-    # The same BigBiGAN as the ImageNet configs, narrowed: regression counts (G 4·16 channels;
-    # D 302,211 + the joint projection's 4·4·32 × 256).
-    assert counts("fashion_mnist.py") == {"G": 387_969, "D": 433_283, "E": 761_696}
+    # The same BigBiGAN as the ImageNet configs, narrowed: regression counts (G 4·16 channels,
+    # z = 8; D 273,539 + the joint projection's 4·4·32 × 256).
+    assert counts("fashion_mnist.py") == {"G": 348_545, "D": 404_611, "E": 704_128}
+    # The latent G uses whole (docs/fashion_mnist.md, "Cause 3").
+    assert config.model.z_dim == 8 and not config.model.generator.hierarchical_z
     assert set(build_models(config)) == {"G", "D", "E"}
     assert config.model.encoder.stochastic and config.train.loss_terms == "all"
     assert config.data.dataset == "fashion_mnist" and config.data.train_val_size == 10_000
