@@ -3,22 +3,23 @@
 Command:   bash scripts/run_fashion_mnist.sh [WORKDIR] [--config.train.num_steps=N ...]
            (= python -m bbg_jax.main --config=experiments/fashion_mnist.py --workdir=WORKDIR
               after scripts/setup.sh)
-Hardware:  a 2-core CPU: 1.25-1.46 s per step, 25.9 min end to end with set-up, data package,
-           evaluations and report (measured on a fresh clone; docs/fashion_mnist.md "Time").
+Hardware:  a 2-core CPU: 0.98-1.25 s per step, 21.3 min end to end on a fresh clone with
+           set-up, data package, evaluations and report (docs/fashion_mnist.md "Time").
            The script splits the batch over 2 simulated host devices (XLA_FLAGS), and
            train.conv_weight_grad=auto computes conv weight gradients as einsums on CPU
            (no layer here is wide enough for its Winograd path).
-Expected:  at 750 steps (seed 0) linear-probe test top-1 76.4 % (bn_crelu_feat) against 71.1 %
-           for the random-weight encoder (margin +5.4 points) and 84.2 % for raw pixels;
-           FID-500 104; reconstruction class agreement 43 % (raw G, pixel judge; chance 10 %;
-           15 % without the joint projection); latent recovery 0.04
-           (README "Results summary", docs/fashion_mnist.md).
+Expected:  at 750 steps, seeds 0-2: linear-probe test top-1 76.8 +- 0.7 % (bn_crelu_feat)
+           against 71.5 +- 0.8 % for the random-weight encoder (margin +5.3 +- 1.0 points) and
+           84.2 % for raw pixels; latent recovery corr(z, E(G(z))) 0.34 +- 0.03 (0.04 with
+           z = 120 in chunks); reconstruction class agreement 42 +- 6 % (raw G, pixel judge;
+           chance 10 %); FID-500 98 +- 5 (README "Results summary", docs/fashion_mnist.md).
 
 The same code as the ImageNet configs — BigGAN-style G and D trunk F, residual-MLP H and J,
 stochastic ResNet-v2 encoder with the BigBiGAN head, the full objective — at 32 px (28 px padded
 with black), one grayscale channel, narrow widths and one unit per ResNet stage. Training reads
 the training split less its first 10k examples (train_val); evaluation uses the test split.
-Departures from the paper, all for the CPU budget: G/D width ch=16 (BigGAN-CIFAR's 4·ch = 64
+Departures from the paper, for the CPU budget and the data's size: an 8-d latent fed whole to G
+(the paper: 120 in chunks), G/D width ch=16 (BigGAN-CIFAR's 4·ch = 64
 channels per block), E at 1/4 width with one unit per stage, 2-layer × 256 MLPs for H, J and E's
 head, a bilinear joint term beside J (model.discriminator.joint_projection), G and D
 learning rate 2e-4 (BigGAN's CIFAR setting), EMA (decay 0.995) from step 100, batch 64 with one
