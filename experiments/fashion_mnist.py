@@ -39,7 +39,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # An 8-d latent, all of it into G's first layer and every conditional BN (no hierarchical
     # chunks): at z = 120 G learns to ignore the 90 coordinates that reach it only through the
-    # conditional BNs, which caps E's latent recovery near 0.04; at z = 8 G uses every coordinate
+    # conditional BNs, which held E's latent recovery near 0.04; at z = 8 G uses every coordinate
     # and the joint term drives E towards G's inverse (docs/fashion_mnist.md, "Why the joint
     # term was silent").
     config.model = model_config(resolution=32, ch=16, z_dim=8)
