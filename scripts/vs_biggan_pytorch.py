@@ -147,7 +147,9 @@ def measure(name: str, side: str, d_steps: int, extra: dict) -> dict:
     cmd, env = command(side, d_steps, extra)
     _, s0, t0 = _cpu_ticks()
     load0 = os.getloadavg()[0]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:  # the row's own error, not a CalledProcessError with no output
+        sys.exit(f"{name} exited {out.returncode}:\n{out.stderr[-3000:]}")
     _, s1, t1 = _cpu_ticks()
     steal = (s1 - s0) / max(t1 - t0, 1)
     row = _last_json(out.stdout)
