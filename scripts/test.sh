@@ -10,5 +10,6 @@ bash scripts/setup.sh
 VENV="${VENV:-.venv}"
 "$VENV/bin/ruff" check .
 # Two workers (BBG_TEST_WORKERS), each taking whole test files: a file's module fixtures and its
-# processes stay together. The slowest tests and the reason for each skip are listed at the end.
-exec "$VENV/bin/python" -m pytest -n "${BBG_TEST_WORKERS:-2}" --dist loadfile --durations=25 -rs "$@"
+# processes stay together; the files of the longest tests go first (tests/conftest.py). The
+# slowest tests and the reason for each skip are listed at the end.
+exec "$VENV/bin/python" -m pytest -n "${BBG_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=25 -rs "$@"

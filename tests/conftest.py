@@ -23,6 +23,7 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -115,3 +116,23 @@ def compilation_cache():
     job relies on)."""
     yield _CACHE
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+# scripts/test.sh hands whole files to two workers (--dist loadfile) in collection order
+# (--no-loadscope-reorder; xdist's own reordering puts the files with the most tests first, which
+# left the files of a few long tests to the end, one worker running them while the other sat
+# idle). These files hold the longest tests (the --durations list), longest first, so they start
+# early and the many short files fill in around them.
+LONG_FILES = ("test_joint_term.py", "test_multiprocess.py", "test_train.py",
+              "test_documented_commands.py", "test_loop.py", "test_object_store.py",
+              "evaluation/test_plan.py", "test_kill_soak.py", "test_process_count_resume.py",
+              "test_examples.py")
+_TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.path.resolve().relative_to(_TESTS_DIR).as_posix()
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
